@@ -1,0 +1,84 @@
+"""Affinity stage: which categories (or products) are bought together, beyond chance."""
+
+
+from collections.abc import Iterator
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from cross_sell import contracts
+from cross_sell.affinity.logic import RULE_COLUMNS, association_rules
+from cross_sell.quality import gated_publish, output_contract_spec
+from cross_sell.warehouse import connect, encode_pairs, markdown, uri
+
+OWNER = "team:customer-analytics"
+GROUP = "affinity"
+
+
+class AffinityConfig(dg.Config):
+    """Which rules to compute and which to keep."""
+
+    min_support: float = 0.01
+    """Category-level rules with support below this share of transactions are dropped."""
+    product_level: bool = False
+    """Also compute product-to-product rules (larger; on request)."""
+    product_min_support: float = 0.002
+    """Support floor for product-level rules."""
+    basis: Literal["customer", "order"] = "customer"
+    """Transactions are customers (bought ever) or single orders (bought together)."""
+
+
+def _relations(basis: str) -> tuple[str, str, str]:
+    """(relation, transaction column) for the chosen basis."""
+    relation = "select p.customer_id, p.order_id, p.product_id, pr.product_category from purchases p join products pr using (product_id)"
+    return relation, "customer_id" if basis == "customer" else "order_id", "product_category"
+
+
+@dg.asset(
+    deps=["customer_category_matrix", "purchases", "products"],
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"duckdb", "scipy"},
+    pool="duckdb",
+    tags={"data_product": "cross_sell"},
+    check_specs=[output_contract_spec("product_affinity", contracts.ProductAffinity)],
+    metadata={"dagster/column_schema": contracts.table_schema(contracts.ProductAffinity)},
+)
+def product_affinity(
+    context: dg.AssetExecutionContext, config: AffinityConfig, duckdb: DuckDBResource
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """The product affinity matrix: for every pair of categories A and B, how many customers
+    bought both (pair count), how common that is (support), how likely a buyer of A is to buy B
+    (confidence) and how much A raises the odds of B compared with chance (lift). Marketing reads
+    it to plan bundles and cross-sell campaigns; the scores build on it."""
+    relation, tx, _ = _relations(config.basis)
+    with connect(duckdb) as conn:
+        frames = []
+        tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_category")
+        frames.append(association_rules(tx_codes, item_codes, names, min_support=config.min_support, level="category"))
+        if config.product_level:
+            tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_id")
+            frames.append(
+                association_rules(tx_codes, item_codes, names, min_support=config.product_min_support, level="product")
+            )
+        rules = pd.concat(frames, ignore_index=True)[RULE_COLUMNS]
+        category_rules = rules[rules["level"] == "category"]
+        top = category_rules.head(10)[["antecedent", "consequent", "pair_count", "support", "confidence", "lift"]]
+        yield from gated_publish(
+            conn,
+            "product_affinity",
+            contracts.ProductAffinity,
+            rules,
+            {
+                "dagster/uri": uri(duckdb, "product_affinity"),
+                "basis": config.basis,
+                "min_support": config.min_support,
+                "category_rules": len(category_rules),
+                "product_rules": int((rules["level"] == "product").sum()),
+                "transactions": int(category_rules["transactions"].iloc[0]) if len(category_rules) else 0,
+                "max_lift": float(category_rules["lift"].max()) if len(category_rules) else 0.0,
+                "top_pairs_by_lift": dg.MetadataValue.md(markdown(top)),
+            },
+        )

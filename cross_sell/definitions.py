@@ -1,0 +1,45 @@
+"""The code location: every asset, check and resource of the cross_sell data product.
+
+Project-wide policy lives here: resources bound from the environment when the location loads
+(never at import), and the in-process executor, because DuckDB has a single writer: steps
+would run one at a time anyway, and in-process saves a Python start-up per step. Pools still
+apply: every step that writes the warehouse is in pool ``duckdb``, limited to 1 by the
+instance configuration in ``dagster_home/dagster.yaml``, so runs started from the shell, the UI
+and sensors never collide on the file lock.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cross_sell.affinity.assets import product_affinity
+from cross_sell.ingest.assets import gate_checks, landing_assets, publish_inputs, soft_checks
+from cross_sell.metrics.assets import customer_category_matrix, customer_metrics
+from cross_sell.resources import default_resources
+from cross_sell.scoring.assets import cross_sell_recommendations, cross_sell_scores
+
+ASSETS = [
+    *landing_assets,
+    publish_inputs,
+    customer_metrics,
+    customer_category_matrix,
+    product_affinity,
+    cross_sell_scores,
+    cross_sell_recommendations,
+]
+CHECKS = [*gate_checks, *soft_checks]
+
+
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    """All definitions, with resources from the environment unless given (tests pass their own)."""
+    return dg.Definitions(
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        resources=resources if resources is not None else default_resources(),
+        executor=dg.in_process_executor,
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions()

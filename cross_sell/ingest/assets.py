@@ -1,0 +1,228 @@
+"""Ingest: land new input in the audit schema, gate it, and publish only what passed.
+
+Write, audit, publish: ``audit/<dataset>`` lands the files as received; blocking pandera gates
+check them; ``publish_inputs`` then replaces ``customers``, ``products`` and ``purchases`` in one
+transaction, and only when every gate of the current load passed. A failed gate therefore
+leaves every published table and every output as it was.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+import duckdb
+import pandera.pandas as pa
+from dagster_duckdb import DuckDBResource
+from duckdb import Error as DuckDBError
+
+from cross_sell import audit_log, contracts
+from cross_sell.ingest.landing import InputMissingError, find_files, land, rejects_as_failure_cases_sql
+from cross_sell.quality import build_gate_check, check_result, GateReport
+from cross_sell.resources import InputFiles
+from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_tables, row_count, transaction, uri
+
+OWNER = "team:data-platform"
+GROUP = "ingest"
+CONTRACT_GATE = "contract"
+REFERENCES_GATE = "referential_integrity"
+ROW_COUNT_DROP = "row_count_drop"
+MAX_ROW_COUNT_DROP = 0.5
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One input of the data product."""
+
+    table: str
+    contract: type[pa.DataFrameModel]
+    meaning: str
+
+    @property
+    def audit_key(self) -> dg.AssetKey:
+        return dg.AssetKey([AUDIT_SCHEMA, self.table])
+
+    @property
+    def gates(self) -> list[str]:
+        return [CONTRACT_GATE, REFERENCES_GATE] if self.table == "purchases" else [CONTRACT_GATE]
+
+
+CUSTOMERS = Dataset("customers", contracts.Customer, "Everyone who can buy from the shop, with demographics and PII.")
+PRODUCTS = Dataset("products", contracts.Product, "The catalogue: every product and the category it is sold under.")
+PURCHASES = Dataset("purchases", contracts.Purchase, "Every order line: who bought what, when, how many and for how much.")
+DATASETS = (CUSTOMERS, PRODUCTS, PURCHASES)
+
+
+def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=ds.audit_key,
+        group_name=GROUP,
+        owners=[OWNER],
+        kinds={"duckdb", "csv", "parquet"},
+        pool="duckdb",
+        tags={"layer": "audit"},
+        description=(
+            f"New {ds.table} input exactly as received, waiting for its quality gates. {ds.meaning} "
+            "Nothing reads this table except the gates and the publish step."
+        ),
+        metadata={"dagster/column_schema": contracts.table_schema(ds.contract)},
+    )
+    def _land(context: dg.AssetExecutionContext, duckdb: DuckDBResource, input_files: InputFiles) -> dg.MaterializeResult:
+        input_files.checked_format()
+        try:
+            files = find_files(input_files.path(), ds.table)
+        except InputMissingError as exc:
+            raise dg.Failure(description=f"Input missing for {ds.table}: {exc}", metadata={"rule": "input_present"}) from exc
+        with connect(duckdb) as conn, transaction(conn):
+            try:
+                report = land(conn, ds.table, files, contracts.column_names(ds.contract))
+            except (InputMissingError, DuckDBError, ValueError) as exc:
+                raise dg.Failure(
+                    description=f"Could not read {ds.table} input ({', '.join(f.name for f in files)}): {exc}",
+                    metadata={"rule": "readable_input", "files": [str(f) for f in files]},
+                ) from exc
+            audit_log.record_load(conn, ds.table, report.rows, ", ".join(map(str, files)), context.run_id)
+            preview = conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 5").df()
+        if report.extra_columns:
+            context.log.warning(f"{ds.table}: columns outside the contract are kept in audit only: {report.extra_columns}")
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": report.rows,
+                "dagster/uri": uri(duckdb, ds.table, AUDIT_SCHEMA),
+                "source_files": [str(f) for f in report.files],
+                "columns_received": report.columns,
+                "columns_not_in_contract": report.extra_columns,
+                "contract_columns_missing": report.missing_columns,
+                "rejected_lines": report.rejected_lines,
+                "preview": dg.MetadataValue.md(markdown(preview)),
+            }
+        )
+
+    return _land
+
+
+def _contract_gate(ds: Dataset) -> dg.AssetChecksDefinition:
+    return build_gate_check(
+        asset=ds.audit_key,
+        name=CONTRACT_GATE,
+        dataset=ds.table,
+        contract=ds.contract,
+        load_sql=f"select * from {AUDIT_SCHEMA}.{ds.table}",
+        extra_failures_sql=rejects_as_failure_cases_sql(ds.table),
+        description=(
+            f"Blocking gate: {ds.table} meets its contract (required columns and types, no null or blank "
+            "keys, unique keys, valid values, every line parseable)."
+        ),
+    )
+
+
+def purchase_references(conn: duckdb.DuckDBPyConnection) -> pa.DataFrameSchema:
+    """Referential integrity as a pandera schema: every purchase's customer and product exist
+    in the customer and product inputs landed with it."""
+    customers = conn.execute(f"select distinct customer_id from {AUDIT_SCHEMA}.customers").df()["customer_id"]
+    products = conn.execute(f"select distinct product_id from {AUDIT_SCHEMA}.products").df()["product_id"]
+    return pa.DataFrameSchema(
+        {
+            "customer_id": pa.Column(str, pa.Check.isin(customers.dropna(), name="exists_in_customer"), nullable=True),
+            "product_id": pa.Column(str, pa.Check.isin(products.dropna(), name="exists_in_product"), nullable=True),
+        },
+        name="purchase_references",
+    )
+
+
+references_gate = build_gate_check(
+    asset=PURCHASES.audit_key,
+    name=REFERENCES_GATE,
+    dataset=PURCHASES.table,
+    contract=purchase_references,
+    load_sql=f"select purchase_id, customer_id, product_id from {AUDIT_SCHEMA}.purchases",
+    additional_deps=[CUSTOMERS.audit_key, PRODUCTS.audit_key],
+    description="Blocking gate: every purchase names a customer and a product that exist in the same load.",
+)
+
+
+def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=ds.audit_key,
+        name=ROW_COUNT_DROP,
+        blocking=False,
+        pool="duckdb",
+        description=(
+            f"Soft signal (WARN, never blocks): the new {ds.table} input has fewer than "
+            f"{MAX_ROW_COUNT_DROP:.0%} of the rows currently published."
+        ),
+    )
+    def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+        try:
+            with connect(duckdb) as conn:
+                new = row_count(conn, ds.table, AUDIT_SCHEMA) or 0
+                published = row_count(conn, ds.table)
+        except Exception as exc:
+            report = GateReport(contract=ROW_COUNT_DROP, rows_checked=0, error=f"{type(exc).__name__}: {exc}")
+            return check_result(report, severity=dg.AssetCheckSeverity.WARN)
+        ratio = None if not published else new / published
+        passed = ratio is None or ratio >= MAX_ROW_COUNT_DROP
+        return dg.AssetCheckResult(
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"new_rows": new, "published_rows": published if published is not None else -1,
+                      "ratio": float(ratio) if ratio is not None else 1.0},
+            description=None if passed else f"{ds.table}: {new} new rows vs {published} published ({ratio:.0%})",
+        )
+
+    return _check
+
+
+def typed_select(conn: duckdb.DuckDBPyConnection, ds: Dataset) -> str:
+    """Cast the audit table's text to the contract's types, in contract column order."""
+    sql_types = {"string": "varchar", "bigint": "bigint", "double": "double", "timestamp": "timestamp"}
+    present = set(conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 0").df().columns)
+    parts = []
+    for column in contracts.table_schema(ds.contract).columns:
+        sql_type = sql_types[column.type]
+        source = f'"{column.name}"' if column.name in present else "null"
+        parts.append(f'cast({source} as {sql_type}) as "{column.name}"')
+    return f"select {', '.join(parts)} from {AUDIT_SCHEMA}.{ds.table}"
+
+
+def _published_spec(ds: Dataset) -> dg.AssetSpec:
+    tags = {"layer": "published", "data_product": "cross_sell"}
+    if contracts.pii_columns(ds.contract):
+        tags["contains_pii"] = "true"
+    return dg.AssetSpec(
+        key=ds.table,
+        deps=[ds.audit_key],
+        group_name=GROUP,
+        owners=[OWNER],
+        kinds={"duckdb"},
+        tags=tags,
+        description=f"{ds.meaning} Published only after every gate passed; typed to the contract.",
+        metadata={"dagster/column_schema": contracts.table_schema(ds.contract)},
+    )
+
+
+@dg.multi_asset(specs=[_published_spec(ds) for ds in DATASETS], name="publish_inputs", pool="duckdb")
+def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> Iterator[dg.MaterializeResult]:
+    """Publish the audited inputs together, in one transaction, if and only if all their gates passed."""
+    with connect(duckdb) as conn:
+        missing = {ds.table: audit_log.gates_not_passed(conn, ds.table, ds.gates) for ds in DATASETS}
+        missing = {table: gates for table, gates in missing.items() if gates}
+        if missing:
+            raise dg.Failure(
+                description="Refusing to publish: the current audit loads have not passed their gates: "
+                + "; ".join(f"{t}: {', '.join(g)}" for t, g in missing.items()),
+                metadata={"gates_not_passed": dg.MetadataValue.json(missing)},
+            )
+        counts = replace_tables(conn, {ds.table: typed_select(conn, ds) for ds in DATASETS})
+        span = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchone()
+        loads = {ds.table: audit_log.current_load(conn, ds.table) for ds in DATASETS}
+    for ds in DATASETS:
+        metadata = {"dagster/row_count": counts[ds.table], "dagster/uri": uri(duckdb, ds.table), "load_id": loads[ds.table]}
+        if ds is PURCHASES:
+            metadata["first_purchase"] = str(span[0])
+            metadata["newest_purchase"] = str(span[1])
+        yield dg.MaterializeResult(asset_key=ds.table, metadata=metadata)
+
+
+landing_assets = [_landing_asset(ds) for ds in DATASETS]
+gate_checks = [_contract_gate(ds) for ds in DATASETS] + [references_gate]
+soft_checks = [_row_count_drop_check(ds) for ds in DATASETS]

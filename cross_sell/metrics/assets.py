@@ -1,0 +1,86 @@
+"""Metrics stage: what each customer is worth, and what each customer has bought."""
+
+from collections.abc import Iterator
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from cross_sell import contracts
+from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql
+from cross_sell.quality import gated_publish, output_contract_spec
+from cross_sell.warehouse import connect, markdown, uri
+
+OWNER = "team:customer-analytics"
+GROUP = "metrics"
+
+
+class MetricsConfig(dg.Config):
+    """How customer lifetime value is projected."""
+
+    clv_horizon_years: float = 3.0
+
+
+@dg.asset(
+    deps=["customers", "purchases"],
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"duckdb", "sql"},
+    pool="duckdb",
+    tags={"data_product": "cross_sell"},
+    check_specs=[output_contract_spec("customer_metrics", contracts.CustomerMetrics)],
+    metadata={"dagster/column_schema": contracts.table_schema(contracts.CustomerMetrics)},
+)
+def customer_metrics(
+    context: dg.AssetExecutionContext, config: MetricsConfig, duckdb: DuckDBResource
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """How often each customer buys (purchase frequency), what they spend (total spend, average
+    order value), how recently and how long they have been buying, and their predicted lifetime
+    value: the key customer metrics of the data product, one row per customer."""
+    with connect(duckdb) as conn:
+        df = conn.execute(customer_metrics_sql(config.clv_horizon_years)).df()
+        top = df.nlargest(10, "clv")[["customer_id", "orders", "total_spend", "clv"]]
+        yield from gated_publish(
+            conn,
+            "customer_metrics",
+            contracts.CustomerMetrics,
+            df,
+            {
+                "dagster/uri": uri(duckdb, "customer_metrics"),
+                "buying_customers": int((df["orders"] > 0).sum()),
+                "total_spend": float(df["total_spend"].sum()),
+                "median_purchase_frequency": float(df.loc[df["orders"] > 0, "purchase_frequency"].median() or 0),
+                "mean_clv": float(df["clv"].mean()) if len(df) else 0.0,
+                "top_customers_by_clv": dg.MetadataValue.md(markdown(top)),
+            },
+        )
+
+
+@dg.asset(
+    deps=["purchases", "products"],
+    group_name=GROUP,
+    owners=[OWNER],
+    kinds={"duckdb", "sql"},
+    pool="duckdb",
+    metadata={"dagster/column_schema": contracts.table_schema(contracts.CustomerCategory)},
+)
+def customer_category_matrix(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Which categories each customer has bought, with orders, units and spend per category:
+    the customer profile that affinity rules and cross-sell scores are computed from."""
+    with connect(duckdb) as conn:
+        conn.execute(f"create or replace table customer_category_matrix as {customer_category_sql()}")
+        rows, customers, categories = conn.execute(
+            "select count(*), count(distinct customer_id), count(distinct product_category) from customer_category_matrix"
+        ).fetchone()
+        by_category = conn.execute(
+            """select product_category, count(*) as customers, round(sum(spend), 2) as spend
+               from customer_category_matrix group by 1 order by customers desc, 1 limit 20"""
+        ).df()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": int(rows),
+            "dagster/uri": uri(duckdb, "customer_category_matrix"),
+            "customers": int(customers),
+            "categories": int(categories),
+            "customers_per_category": dg.MetadataValue.md(markdown(by_category)),
+        }
+    )

@@ -1,0 +1,45 @@
+"""Where the product reads its inputs and keeps its warehouse.
+
+Everything is resolved when called (never at import time), from environment variables with
+defaults relative to the project root, so the same code runs from the shell, the UI and tests.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "CROSS_SELL_DATA_DIR"
+DUCKDB_PATH_ENV = "CROSS_SELL_DUCKDB_PATH"
+INPUT_FORMAT_ENV = "CROSS_SELL_INPUT_FORMAT"
+
+DEFAULT_DATA_DIR = Path("data") / "sample"
+DEFAULT_DUCKDB_PATH = Path("data") / "warehouse" / "cross_sell.duckdb"
+
+
+def project_root() -> Path:
+    """The checkout root when the package lives in one (editable install), else the working dir."""
+    package_parent = Path(__file__).resolve().parent.parent
+    if (package_parent / "pyproject.toml").is_file():
+        return package_parent
+    return Path.cwd()
+
+
+def _resolve(value: str | os.PathLike[str]) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def data_dir() -> Path:
+    """Folder (or single file) the inputs are read from: ``$CROSS_SELL_DATA_DIR`` or data/sample."""
+    return _resolve(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def duckdb_path() -> Path:
+    """The warehouse file: ``$CROSS_SELL_DUCKDB_PATH`` or data/warehouse/cross_sell.duckdb."""
+    return _resolve(os.environ.get(DUCKDB_PATH_ENV) or DEFAULT_DUCKDB_PATH)
+
+
+def input_format() -> str:
+    """Layout of the inputs: ``$CROSS_SELL_INPUT_FORMAT`` or ``canonical``."""
+    return os.environ.get(INPUT_FORMAT_ENV) or "canonical"

@@ -1,0 +1,129 @@
+"""Small helpers over the DuckDB warehouse: connections, atomic publishing, previews.
+
+Layout of the warehouse file:
+
+* ``audit.<dataset>``: new input exactly as received (as text), before the gates ran;
+* ``audit.load_log`` / ``audit.gate_log``: which load is in the audit tables and which gates it passed;
+* ``main.<table>``: everything consumers read: the published inputs (``customers``, ``products``,
+  ``purchases``) and the outputs (``customer_metrics``, ``product_affinity``, ...).
+
+Every write to ``main`` happens inside one transaction, so a failed gate, an exception or a killed
+process leaves the previous tables exactly as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+AUDIT_SCHEMA = "audit"
+PUBLISHED_SCHEMA = "main"
+
+
+@contextmanager
+def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection from the resource (with its lock back-off) that is closed even on error."""
+    if resource.database != ":memory:":
+        Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
+    with resource.get_connection() as conn:
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Commit on success, roll back on any exception (including a failed gate)."""
+    conn.execute("begin transaction")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")
+
+
+def table_exists(conn: duckdb.DuckDBPyConnection, table: str, schema: str = PUBLISHED_SCHEMA) -> bool:
+    found = conn.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+        [schema, table],
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def row_count(conn: duckdb.DuckDBPyConnection, table: str, schema: str = PUBLISHED_SCHEMA) -> int | None:
+    """Rows in ``schema.table``, or None when the table does not exist yet."""
+    if not table_exists(conn, table, schema):
+        return None
+    return int(conn.execute(f'select count(*) from "{schema}"."{table}"').fetchone()[0])
+
+
+def table_columns(conn: duckdb.DuckDBPyConnection, table: str, schema: str) -> list[str]:
+    rows = conn.execute(
+        "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
+        "order by ordinal_position",
+        [schema, table],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def replace_tables(conn: duckdb.DuckDBPyConnection, selects: Mapping[str, str]) -> dict[str, int]:
+    """Replace each ``main.<table>`` with its SELECT, all in one transaction; returns row counts."""
+    counts: dict[str, int] = {}
+    with transaction(conn):
+        for table, select in selects.items():
+            conn.execute(f'create or replace table "{PUBLISHED_SCHEMA}"."{table}" as {select}')
+            counts[table] = int(conn.execute(f'select count(*) from "{PUBLISHED_SCHEMA}"."{table}"').fetchone()[0])
+    return counts
+
+
+def markdown(df: pd.DataFrame, float_digits: int = 4) -> str:
+    """A markdown table for metadata previews (empty frames say so)."""
+    if df.empty:
+        return "_no rows_"
+    return df.to_markdown(index=False, floatfmt=f".{float_digits}g")
+
+
+def uri(resource: DuckDBResource, table: str, schema: str = PUBLISHED_SCHEMA) -> str:
+    return f"duckdb:///{resource.database}?table={schema}.{table}"
+
+
+def replace_with_frame(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> int:
+    """Replace ``main.<table>`` with a DataFrame in one transaction (categoricals become text)."""
+    columns = ", ".join(
+        f'"{c}"::varchar as "{c}"' if isinstance(df[c].dtype, pd.CategoricalDtype) else f'"{c}"' for c in df.columns
+    )
+    view = f"_frame_{table}"
+    conn.register(view, df)
+    try:
+        with transaction(conn):
+            conn.execute(f'create or replace table "{PUBLISHED_SCHEMA}"."{table}" as select {columns} from "{view}"')
+    finally:
+        conn.unregister(view)
+    return len(df)
+
+
+def encode_pairs(
+    conn: duckdb.DuckDBPyConnection, relation: str, left: str, right: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Distinct (left, right) pairs of a relation as integer codes: left codes in 0..n-1, right
+    codes indexing the returned right-hand names (sorted). The heavy lifting stays in DuckDB."""
+    conn.execute(
+        f"""create or replace temp table _pairs as
+            select distinct {left} as l, {right} as r from ({relation}) where {left} is not null and {right} is not null"""
+    )
+    names = [row[0] for row in conn.execute("select distinct r from _pairs order by r").fetchall()]
+    arrays = conn.execute(
+        """with rc as (select r, (row_number() over (order by r) - 1)::integer as code from (select distinct r from _pairs)),
+                lc as (select l, (row_number() over (order by l) - 1)::integer as code from (select distinct l from _pairs))
+           select lc.code as l, rc.code as r from _pairs join lc using (l) join rc using (r)"""
+    ).fetchnumpy()
+    conn.execute("drop table _pairs")
+    return np.asarray(arrays["l"]), np.asarray(arrays["r"]), names
