@@ -4,7 +4,7 @@ Project-wide policy lives here: resources bound from the environment when the lo
 (never at import), and the in-process executor, because DuckDB has a single writer: steps
 would run one at a time anyway, and in-process saves a Python start-up per step. Pools still
 apply: every step that writes the warehouse is in pool ``duckdb``, limited to 1 by the
-instance configuration in ``dagster_home/dagster.yaml``, so runs started from the shell, the UI
+instance configuration in ``data/dagster_home/dagster.yaml``, so runs started from the shell, the UI
 and sensors never collide on the file lock.
 """
 

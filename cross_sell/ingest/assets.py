@@ -80,7 +80,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                     description=f"Could not read {ds.table} input ({', '.join(f.name for f in files)}): {exc}",
                     metadata={"rule": "readable_input", "files": [str(f) for f in files]},
                 ) from exc
-            audit_log.record_load(conn, ds.table, report.rows, ", ".join(map(str, files)), context.run_id)
+            audit_log.record_load(conn, ds.table, report.rows, ", ".join(map(str, files)), context.run.run_id)
             preview = conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 5").df()
         if report.extra_columns:
             context.log.warning(f"{ds.table}: columns outside the contract are kept in audit only: {report.extra_columns}")

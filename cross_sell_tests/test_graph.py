@@ -1,0 +1,112 @@
+"""The whole asset graph, materialized for real into a DuckDB file under tmp_path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cross_sell_tests.conftest import RunGraph, read_table
+
+OUTPUTS = ["customer_metrics", "customer_category_matrix", "product_affinity", "cross_sell_scores", "cross_sell_recommendations"]
+
+
+def test_tiny_graph_gives_hand_computed_results(tiny_data: Path, run_graph: RunGraph, warehouse_path: Path) -> None:
+    result = run_graph(tiny_data)
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+
+    metrics = read_table(warehouse_path, "customer_metrics", "customer_id").set_index("customer_id")
+    # C2: orders O2 (2025-02-01) and O3 (2025-03-01); as-of = newest purchase 2025-04-01 09:00.
+    c2 = metrics.loc["C2"]
+    assert c2.orders == 2 and c2.total_spend == 40 and c2.avg_order_value == 20
+    assert c2.purchase_frequency == pytest.approx(2.0)  # 2 orders / (max(28, 30) days / 30)
+    assert c2.recency_days == 31 and c2.tenure_days == 425  # signup 2024-02-01
+    assert c2.clv == pytest.approx(20 * (2 * 365 / 425) * 3 * math.exp(-31 / 365))
+    assert metrics.loc["C4"].orders == 0 and metrics.loc["C4"].clv == 0 and pd.isna(metrics.loc["C4"].recency_days)
+
+    affinity = read_table(warehouse_path, "product_affinity").set_index(["antecedent", "consequent"])
+    # Wines is bought by all 3 buying customers, Meat by 2 (C1, C2), Fish by 1 (C3).
+    assert affinity.loc[("Wines", "Meat")].pair_count == 2
+    assert affinity.loc[("Wines", "Meat")].support == pytest.approx(2 / 3)
+    assert affinity.loc[("Wines", "Meat")].confidence == pytest.approx(2 / 3)
+    assert affinity.loc[("Meat", "Wines")].confidence == pytest.approx(1.0)
+    assert affinity.loc[("Wines", "Fish")].lift == pytest.approx(1.0)
+    assert ("Meat", "Fish") not in affinity.index  # never bought together
+
+    scores = read_table(warehouse_path, "cross_sell_scores").set_index(["customer_id", "product_category"])["score"]
+    assert scores[("C1", "Fish")] == pytest.approx(1 / 3)  # Wines -> Fish
+    assert scores[("C3", "Meat")] == pytest.approx(2 / 3)  # Wines -> Meat
+    assert scores[("C4", "Wines")] == pytest.approx(1.0)  # no purchases: popularity
+    assert ("C1", "Wines") not in scores.index  # already bought
+
+    recs = read_table(warehouse_path, "cross_sell_recommendations", "customer_id, rank")
+    assert recs[recs.customer_id == "C3"].iloc[0].reason == "bought Wines; Wines \u2192 Meat, lift 1.0"
+    assert recs[recs.customer_id == "C4"].product_category.tolist() == ["Wines", "Meat", "Fish"]
+
+
+def test_generated_graph_invariants(generated_data: Path, run_graph: RunGraph, warehouse_path: Path) -> None:
+    result = run_graph(generated_data)
+    assert result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert set(OUTPUTS) <= materialized
+
+    customers = read_table(warehouse_path, "customers")
+    matrix = read_table(warehouse_path, "customer_category_matrix")
+    affinity = read_table(warehouse_path, "product_affinity")
+    scores = read_table(warehouse_path, "cross_sell_scores")
+    recs = read_table(warehouse_path, "cross_sell_recommendations")
+    metrics = read_table(warehouse_path, "customer_metrics")
+
+    assert len(metrics) == len(customers) and metrics.customer_id.is_unique
+    assert (metrics.purchase_frequency >= 0).all() and (metrics.clv >= 0).all()
+
+    # Scores: in [0, 1], one row per customer and category not bought, none for bought ones.
+    assert scores.score.between(0, 1).all()
+    assert not scores.duplicated(["customer_id", "product_category"]).any()
+    categories = read_table(warehouse_path, "products").product_category.nunique()
+    bought = set(zip(matrix.customer_id, matrix.product_category))
+    assert len(scores) == len(customers) * categories - len(bought)
+    assert not (set(zip(scores.customer_id, scores.product_category)) & bought)
+
+    # Recommendations never name a bought category; ranks 1..3 by descending score.
+    assert not (set(zip(recs.customer_id, recs.product_category)) & bought)
+    assert recs.groupby("customer_id")["rank"].max().le(3).all()
+    ordered = recs.sort_values(["customer_id", "rank"])
+    assert (ordered.groupby("customer_id")["score"].diff().dropna() <= 1e-12).all()
+    assert recs.reason.str.len().gt(0).all()
+
+    # Affinity: symmetric pair counts, lift consistent with its definition, min support respected.
+    mirror = affinity.merge(affinity, left_on=["antecedent", "consequent"], right_on=["consequent", "antecedent"])
+    assert len(mirror) == len(affinity)
+    assert (mirror.pair_count_x == mirror.pair_count_y).all()
+    np.testing.assert_allclose(affinity.lift, affinity.confidence / (affinity.consequent_count / affinity.transactions))
+    np.testing.assert_allclose(affinity.support, affinity.pair_count / affinity.transactions)
+    assert (affinity.support >= 0.01).all()
+    # The planted structure is found: some category pairs are clearly more than chance.
+    assert affinity.lift.max() > 1.3
+
+
+def test_materialization_metadata_is_real(tiny_data: Path, run_graph: RunGraph) -> None:
+    result = run_graph(tiny_data)
+    events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert events["purchases"]["dagster/row_count"].value == 6
+    assert events["product_affinity"]["dagster/row_count"].value == 4
+    assert "Wines" in events["product_affinity"]["top_pairs_by_lift"].value
+    assert "C4" in events["cross_sell_recommendations"]["top_recommendations"].value
+    assert events["customer_metrics"]["buying_customers"].value == 3
+
+
+def test_product_level_and_order_basis_on_request(tiny_data: Path, run_graph: RunGraph, warehouse_path: Path) -> None:
+    config = {"ops": {"product_affinity": {"config": {"product_level": True, "basis": "order", "min_support": 0.0,
+                                                     "product_min_support": 0.0}}}}
+    result = run_graph(tiny_data, run_config=config)
+    assert result.success
+    affinity = read_table(warehouse_path, "product_affinity")
+    products = affinity[affinity.level == "product"].set_index(["antecedent", "consequent"])
+    # Over 5 orders, only O1 holds two products (P1 and P2).
+    assert products.loc[("P1", "P2")].pair_count == 1 and products.loc[("P1", "P2")].transactions == 5
+    assert len(products) == 2
