@@ -38,21 +38,21 @@ class Customer(pa.DataFrameModel):
     customer_id: Series[str] = pa.Field(
         unique=True, str_matches=NON_BLANK, description="Business key of the customer; unique, never null or blank."
     )
-    first_name: Series[str] = pa.Field(nullable=True, description="Given name (PII).", metadata={"pii": True})
-    last_name: Series[str] = pa.Field(nullable=True, description="Family name (PII).", metadata={"pii": True})
-    email: Series[str] = pa.Field(nullable=True, description="E-mail address (PII).", metadata={"pii": True})
-    phone: Series[str] = pa.Field(nullable=True, description="Phone number (PII).", metadata={"pii": True})
+    first_name: Series[str] = pa.Field(required=False, nullable=True, description="Given name (PII).", metadata={"pii": True})
+    last_name: Series[str] = pa.Field(required=False, nullable=True, description="Family name (PII).", metadata={"pii": True})
+    email: Series[str] = pa.Field(required=False, nullable=True, description="E-mail address (PII).", metadata={"pii": True})
+    phone: Series[str] = pa.Field(required=False, nullable=True, description="Phone number (PII).", metadata={"pii": True})
     birth_year: Series[pd.Int64Dtype] = pa.Field(
-        nullable=True, ge=1900, description="Year of birth, 1900 to this year.", metadata={"pii": True}
+        required=False, nullable=True, ge=1900, description="Year of birth, 1900 to this year.", metadata={"pii": True}
     )
-    education: Series[str] = pa.Field(nullable=True, description="Highest education level, free text.")
-    marital_status: Series[str] = pa.Field(nullable=True, description="Marital status, free text.")
+    education: Series[str] = pa.Field(required=False, nullable=True, description="Highest education level, free text.")
+    marital_status: Series[str] = pa.Field(required=False, nullable=True, description="Marital status, free text.")
     income: Series[float] = pa.Field(
-        nullable=True, ge=0, description="Yearly household income in the shop currency; >= 0 when known."
+        required=False, nullable=True, ge=0, description="Yearly household income in the shop currency; >= 0 when known."
     )
-    country: Series[str] = pa.Field(nullable=True, description="Country of residence (ISO-3166 alpha-2).")
+    country: Series[str] = pa.Field(required=False, nullable=True, description="Country of residence (ISO-3166 alpha-2).")
     signup_date: Series[pandas_engine.DateTime] = pa.Field(
-        nullable=True, dtype_kwargs=_ISO, description="When the customer enrolled (ISO 8601)."
+        required=False, nullable=True, dtype_kwargs=_ISO, description="When the customer enrolled (ISO 8601)."
     )
 
     @pa.check("birth_year", name="not_after_this_year")
@@ -75,7 +75,7 @@ class Product(pa.DataFrameModel):
     product_category: Series[str] = pa.Field(
         str_matches=NON_BLANK, description="Category the product belongs to; the unit of cross-selling."
     )
-    price: Series[float] = pa.Field(nullable=True, ge=0, description="List price per unit; >= 0 when known.")
+    price: Series[float] = pa.Field(required=False, nullable=True, ge=0, description="List price per unit; >= 0 when known.")
 
     class Config:
         coerce = True
@@ -102,7 +102,7 @@ class Purchase(pa.DataFrameModel):
     quantity: Series[int] = pa.Field(gt=0, description="Units bought; > 0.")
     amount: Series[float] = pa.Field(ge=0, description="Line total in the shop currency; numeric and >= 0.")
     channel: Series[str] = pa.Field(
-        nullable=True, isin=list(CHANNELS), description="Sales channel: web, store, catalog or other."
+        required=False, nullable=True, isin=list(CHANNELS), description="Sales channel: web, store, catalog or other."
     )
 
     @pa.check("purchase_date", name="not_in_future")
