@@ -113,17 +113,23 @@ def replace_with_frame(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataF
 def encode_pairs(
     conn: duckdb.DuckDBPyConnection, relation: str, left: str, right: str
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Distinct (left, right) pairs of a relation as integer codes: left codes in 0..n-1, right
-    codes indexing the returned right-hand names (sorted). The heavy lifting stays in DuckDB."""
-    conn.execute(
-        f"""create or replace temp table _pairs as
-            select distinct {left} as l, {right} as r from ({relation}) where {left} is not null and {right} is not null"""
-    )
-    names = [row[0] for row in conn.execute("select distinct r from _pairs order by r").fetchall()]
-    arrays = conn.execute(
-        """with rc as (select r, (row_number() over (order by r) - 1)::integer as code from (select distinct r from _pairs)),
-                lc as (select l, (row_number() over (order by l) - 1)::integer as code from (select distinct l from _pairs))
-           select lc.code as l, rc.code as r from _pairs join lc using (l) join rc using (r)"""
-    ).fetchnumpy()
-    conn.execute("drop table _pairs")
-    return np.asarray(arrays["l"]), np.asarray(arrays["r"]), names
+    """(left, right) pairs of a relation as integer codes: left codes in 0..n-1 (n distinct left
+    values), right codes indexing the returned right-hand names (sorted). Pairs may repeat.
+
+    Left values are encoded through DuckDB's 64-bit hash and numpy's unique; a hash collision is
+    detected (distinct hashes != distinct values) and answered with an exact sort-based encoding.
+    """
+    pairs = f"select {left} as l, {right} as r from ({relation}) where {left} is not null and {right} is not null"
+    names = [row[0] for row in conn.execute(f"select distinct r from ({pairs}) order by 1").fetchall()]
+    conn.register("_right_codes", pd.DataFrame({"name": names, "code": np.arange(len(names), dtype=np.int32)}))
+    try:
+        coded = f"select {{left_code}} as l, d.code as r from ({pairs}) p join _right_codes d on p.r = d.name"
+        arrays = conn.execute(coded.format(left_code="hash(p.l)")).fetchnumpy()
+        hashes, left_codes = np.unique(np.asarray(arrays["l"]), return_inverse=True)
+        if len(hashes) != conn.execute(f"select count(distinct l) from ({pairs})").fetchall()[0][0]:
+            # a 64-bit hash collision: astronomically rare, still answered exactly
+            arrays = conn.execute(coded.format(left_code="dense_rank() over (order by p.l)::integer - 1")).fetchnumpy()
+            left_codes = np.asarray(arrays["l"])
+    finally:
+        conn.unregister("_right_codes")
+    return np.asarray(left_codes), np.asarray(arrays["r"]), names
