@@ -11,6 +11,7 @@ for inspection, are listed in the landing metadata, and are not published.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -113,6 +114,16 @@ class Purchase(pa.DataFrameModel):
         coerce = True
         strict = False
         name = "purchase"
+
+
+# The custom checks above in SQL, for the in-warehouse gate engine (cross_sell.quality_sql):
+# each maps the typed column expression to a predicate that is true for passing values.
+SQL_CHECKS: dict[str, Callable[[str], str]] = {
+    "not_in_future": lambda column: (
+        f"{column} <= timestamp '{(_now_naive_utc() + FUTURE_TOLERANCE).isoformat(sep=' ')}'"
+    ),
+    "not_after_this_year": lambda column: f"{column} <= {datetime.now(timezone.utc).year}",
+}
 
 
 # ---------------------------------------------------------------------------------------------
