@@ -1,0 +1,45 @@
+"""Where the served outputs live: next to the warehouse unless configured otherwise.
+
+Resolved when called, never at import time. Everything the product serves sits beside the
+warehouse file by default (``data/warehouse/`` for the default warehouse):
+
+* ``cross_sell_marketing.duckdb``: the masked database of the marketing role;
+* ``exports/``: Parquet files, their index, the manifest and the semantic model reference page.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cross_sell import settings
+
+EXPORT_DIR_ENV = "CROSS_SELL_EXPORT_DIR"
+MARKETING_DB_ENV = "CROSS_SELL_MARKETING_DUCKDB_PATH"
+MARKETING_DB_NAME = "cross_sell_marketing.duckdb"
+EXPORT_DIR_NAME = "exports"
+
+
+def _warehouse_file(warehouse: str | os.PathLike[str]) -> Path:
+    path = Path(warehouse)
+    if str(warehouse) == ":memory:":
+        raise ValueError("Serving needs a warehouse file; an in-memory DuckDB database has no place to serve from.")
+    return path
+
+
+def _from_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else settings.project_root() / path
+
+
+def export_dir(warehouse: str | os.PathLike[str]) -> Path:
+    """``$CROSS_SELL_EXPORT_DIR``, else an ``exports`` folder beside the warehouse file."""
+    return _from_env(EXPORT_DIR_ENV) or _warehouse_file(warehouse).parent / EXPORT_DIR_NAME
+
+
+def marketing_database(warehouse: str | os.PathLike[str]) -> Path:
+    """``$CROSS_SELL_MARKETING_DUCKDB_PATH``, else ``cross_sell_marketing.duckdb`` beside the warehouse."""
+    return _from_env(MARKETING_DB_ENV) or _warehouse_file(warehouse).parent / MARKETING_DB_NAME
