@@ -12,9 +12,11 @@ from pathlib import Path
 DATA_DIR_ENV = "CROSS_SELL_DATA_DIR"
 DUCKDB_PATH_ENV = "CROSS_SELL_DUCKDB_PATH"
 INPUT_FORMAT_ENV = "CROSS_SELL_INPUT_FORMAT"
+LANDING_DIR_ENV = "CROSS_SELL_LANDING_DIR"
 
 DEFAULT_DATA_DIR = Path("data") / "sample"
 DEFAULT_DUCKDB_PATH = Path("data") / "warehouse" / "cross_sell.duckdb"
+DEFAULT_LANDING_DIR = Path("data") / "landing"
 
 
 def project_root() -> Path:
@@ -43,3 +45,8 @@ def duckdb_path() -> Path:
 def input_format() -> str:
     """Layout of the inputs: ``$CROSS_SELL_INPUT_FORMAT`` or ``canonical``."""
     return os.environ.get(INPUT_FORMAT_ENV) or "canonical"
+
+
+def landing_dir() -> Path:
+    """Folder watched for new purchase files: ``$CROSS_SELL_LANDING_DIR`` or data/landing."""
+    return _resolve(os.environ.get(LANDING_DIR_ENV) or DEFAULT_LANDING_DIR)

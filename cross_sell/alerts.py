@@ -1,0 +1,135 @@
+"""Alerts on failed runs: which run failed, in which step, and which gate stopped it.
+
+The run-failure sensor (:mod:`cross_sell.automation`) calls :func:`describe_failure` with the
+failed run, writes the result to ``audit.run_alerts`` (one row per failed step, idempotent per run,
+so a retried sensor tick never alerts twice) and to the sensor's log. A gate is a blocking,
+ERROR-severity asset check; its name is written as ``<asset>:<check>``, e.g.
+``audit/purchases:contract``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from cross_sell.warehouse import AUDIT_SCHEMA
+
+ALERTS_TABLE = "run_alerts"
+MAX_MESSAGE = 2000
+
+_DDL = f"""
+create schema if not exists {AUDIT_SCHEMA};
+create table if not exists {AUDIT_SCHEMA}.{ALERTS_TABLE} (
+    alerted_at timestamp, run_id varchar, job_name varchar, failed_step varchar, gate varchar,
+    message varchar, landing_files varchar)
+"""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One failed step of a failed run (or the run itself when no step failed)."""
+
+    run_id: str
+    job_name: str
+    failed_step: str | None
+    gate: str | None
+    message: str
+    landing_files: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        where = f"step {self.failed_step}" if self.failed_step else "the run"
+        gate = f", gate {self.gate} failed" if self.gate else ""
+        files = f", landing files {', '.join(self.landing_files)}" if self.landing_files else ""
+        return f"Run {self.run_id} ({self.job_name}) failed in {where}{gate}{files}: {self.message}"
+
+
+def failed_gates_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[str]]:
+    """Failed ERROR-severity check evaluations of a run, by the step that produced them."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    gates: dict[str, list[str]] = {}
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        evaluation = event.asset_check_evaluation_data
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            gates.setdefault(event.step_key or "", []).append(name)
+    return gates
+
+
+def materialized_assets(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    return {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records}
+
+
+def landing_files_of(run: dg.DagsterRun, op_name: str) -> tuple[str, ...]:
+    """The landing files a run was asked to ingest (from its run config)."""
+    config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {}) or {}
+    return tuple(config.get("landing_files", []) or [])
+
+
+def describe_failure(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    step_failures: Sequence[dg.DagsterEvent],
+    landing_files: Sequence[str] = (),
+) -> list[Alert]:
+    """One alert per failed step, naming the gate when a failed gate made the step fail."""
+    gates = failed_gates_by_step(instance, run.run_id)
+    alerts = []
+    for event in step_failures:
+        error = event.step_failure_data.error
+        message = (error.message if error else "step failed").strip()[:MAX_MESSAGE]
+        step_gates = gates.get(event.step_key or "", [])
+        alerts.append(
+            Alert(run.run_id, run.job_name, event.step_key, ", ".join(step_gates) or None, message, tuple(landing_files))
+        )
+    if not alerts:  # the run failed outside any step (e.g. it could not start)
+        gate = ", ".join(g for names in gates.values() for g in names) or None
+        alerts.append(Alert(run.run_id, run.job_name, None, gate, "run failed", tuple(landing_files)))
+    return alerts
+
+
+@contextmanager
+def connect_within(database: str, seconds: float = 40.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection, waiting at most ``seconds`` for another writer to let go (a sensor
+    tick must finish well inside its 60 s budget; a failed tick is simply retried)."""
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            conn = duckdb.connect(database)
+            break
+        except duckdb.IOException:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def write_alerts(conn: duckdb.DuckDBPyConnection, alerts: Sequence[Alert]) -> int:
+    """Append the alerts of a run unless that run was already alerted; returns rows written."""
+    conn.execute(_DDL)
+    if not alerts:
+        return 0
+    run_id = alerts[0].run_id
+    if conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{ALERTS_TABLE} where run_id = ?", [run_id]).fetchall()[0][0]:
+        return 0
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    conn.executemany(
+        f"insert into {AUDIT_SCHEMA}.{ALERTS_TABLE} values (?, ?, ?, ?, ?, ?, ?)",
+        [[now, a.run_id, a.job_name, a.failed_step, a.gate, a.message, ", ".join(a.landing_files) or None] for a in alerts],
+    )
+    return len(alerts)

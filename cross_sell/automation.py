@@ -1,0 +1,156 @@
+"""What makes the product refresh by itself: a schedule, three sensors and automation conditions.
+
+* ``daily_refresh_schedule``: the whole graph at 05:00 UTC, one hour before the 06:00 UTC
+  deadline of the "product outputs ready" SLO (:mod:`cross_sell.slo`).
+* ``purchase_landing_sensor``: one ingest run per new purchase file in the landing folder
+  (:mod:`cross_sell.landing_files`); its cursor makes each file trigger exactly one run.
+* ``cross_sell_automation``: declarative automation. Every asset downstream of the published
+  inputs refreshes after its upstream assets update, but never past a failed blocking check:
+  ``eager()`` alone ignores check results, so it is combined with
+  ``all_deps_blocking_checks_passed()``.
+* ``run_failure_alert_sensor``: writes an alert (run id, failed step, gate) to
+  ``audit.run_alerts`` and its log, and settles the landing files of a failed ingest run.
+
+All four are RUNNING by default when the code location loads (``dagster dev``); each can be
+stopped in the UI or with ``dagster schedule|sensor stop`` (see the README).
+"""
+
+
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from cross_sell import alerts, landing_files
+from cross_sell.ingest.assets import PURCHASES
+from cross_sell.resources import InputFiles
+
+REFRESH_CRON = "0 5 * * *"
+REFRESH_TIMEZONE = "UTC"
+INGEST_GROUP = "ingest"
+# Assets in these groups read files, not other assets: the landing sensor and the schedule drive them.
+NOT_AUTOMATED_GROUPS = frozenset({INGEST_GROUP})
+LANDING_OP = PURCHASES.audit_key.to_python_identifier()
+LANDING_FILE_TAG = "cross_sell/landing_file"
+# Runs that rewrite the purchase input carry this tag; the instance runs at most one of them at a time.
+INGEST_TAG = "cross_sell/ingest"
+
+REFRESH_AFTER_UPSTREAM = (
+    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("refresh after upstream updates, never past a failed blocking check")
+
+
+def apply_automation(assets: Sequence[dg.AssetsDefinition | dg.AssetSpec]) -> list:
+    """Give every asset outside the ingest group that has upstream assets the project's automation
+    condition, unless it declares its own."""
+
+    def _apply(spec: dg.AssetSpec) -> dg.AssetSpec:
+        if spec.group_name in NOT_AUTOMATED_GROUPS or spec.automation_condition is not None or not spec.deps:
+            return spec
+        return spec.replace_attributes(automation_condition=REFRESH_AFTER_UPSTREAM)
+
+    return dg.map_asset_specs(_apply, list(assets))
+
+
+daily_refresh_job = dg.define_asset_job(
+    "daily_refresh",
+    selection=dg.AssetSelection.all(),
+    tags={INGEST_TAG: "true"},
+    description="Full refresh: re-read the source files and every accepted landing file, gate, publish "
+    "and recompute every output.",
+)
+
+landed_purchases_job = dg.define_asset_job(
+    "ingest_landed_purchases",
+    selection=dg.AssetSelection.groups(INGEST_GROUP),
+    tags={INGEST_TAG: "true"},
+    description="Ingest one new purchase file from the landing folder: land, gate, publish, archive. "
+    "Declarative automation then refreshes everything downstream.",
+)
+
+daily_refresh_schedule = dg.ScheduleDefinition(
+    name="daily_refresh_schedule",
+    job=daily_refresh_job,
+    cron_schedule=REFRESH_CRON,
+    execution_timezone=REFRESH_TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Daily full refresh at 05:00 UTC, so the outputs meet their 06:00 UTC freshness deadline.",
+)
+
+
+@dg.sensor(
+    name="purchase_landing_sensor",
+    job=landed_purchases_job,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="One ingest run per new purchase file (CSV or Parquet) in the landing folder.",
+)
+def purchase_landing_sensor(context: dg.SensorEvaluationContext, input_files: InputFiles) -> dg.SensorResult:
+    """Request one run per new file; the cursor remembers files already requested."""
+    landing_dir = input_files.landing_path()
+    if landing_dir is None:
+        return dg.SensorResult(skip_reason=dg.SkipReason("no landing folder configured"), cursor=context.cursor)
+    tick = landing_files.next_tick(landing_dir, context.cursor)
+    if not tick.new:
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}"), cursor=tick.cursor)
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=landing_files.run_key(context.cursor, i, file),
+                run_config={"ops": {LANDING_OP: {"config": {"landing_files": [file.name]}}}},
+                tags={LANDING_FILE_TAG: file.name},
+            )
+            for i, file in enumerate(tick.new)
+        ],
+        cursor=tick.cursor,
+    )
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "cross_sell_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+    description="Declarative automation: refresh downstream assets after upstream updates, never past a failed gate.",
+)
+
+
+@dg.run_failure_sensor(
+    name="run_failure_alert_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+    description="Alert on every failed run (audit.run_alerts and the log) and settle its landing files.",
+)
+def run_failure_alert_sensor(
+    context: dg.RunFailureSensorContext, duckdb: DuckDBResource, input_files: InputFiles
+) -> None:
+    """Record which step and which gate failed; a landing file whose rows were not published is
+    moved to ``rejected/``, one whose rows were published (a later step failed) to ``processed/``."""
+    run = context.dagster_run
+    names = alerts.landing_files_of(run, LANDING_OP)
+    found = alerts.describe_failure(context.instance, run, context.get_step_failure_events(), names)
+    landing_dir = input_files.landing_path()
+    settled: list[landing_files.Settled] = []
+    with alerts.connect_within(duckdb.database) as conn:
+        written = alerts.write_alerts(conn, found)
+        if names and landing_dir is not None:
+            published = "purchases" in alerts.materialized_assets(context.instance, run.run_id)
+            gates = sorted({a.gate for a in found if a.gate})
+            reason = f"gate failed: {', '.join(gates)}" if gates else f"run failed: {found[0].message}"
+            settled = landing_files.settle(
+                conn,
+                landing_dir,
+                names,
+                landing_files.ACCEPTED if published else landing_files.REJECTED_STATUS,
+                run.run_id,
+                "purchases published before a later step failed" if published else reason[:500],
+            )
+    for alert in found:
+        context.log.error(alert.text() if written else f"(already alerted) {alert.text()}")
+    for item in settled:
+        context.log.warning(f"Landing file {item.file} {item.status}: moved to {item.path}")
+
+
+SCHEDULES = [daily_refresh_schedule]
+SENSORS = [purchase_landing_sensor, automation_sensor, run_failure_alert_sensor]
+JOBS = [daily_refresh_job, landed_purchases_job]

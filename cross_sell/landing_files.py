@@ -1,0 +1,369 @@
+"""The landing folder: new purchase files dropped between daily full refreshes.
+
+Upstream systems drop extra purchase lines (the canonical purchase columns, as ``.csv``,
+``.csv.gz`` or ``.parquet``) into the landing folder (``$CROSS_SELL_LANDING_DIR``, default
+``data/landing``). The life of a file, every step recorded in ``audit.landing_files``:
+
+1. the landing sensor sees it and requests exactly one ingest run for it (its cursor remembers
+   the file's name, size and modification time);
+2. that run lands it into ``audit.purchases`` together with the source files and every file
+   accepted before (status ``landed``), and the gates check the whole load;
+3. gates passed and purchases published: the file moves to ``<landing>/processed/`` (``accepted``);
+   a gate failed: the run-failure sensor moves it to ``<landing>/rejected/`` (``rejected``), and the
+   published tables are untouched because publishing refuses a load that failed a gate.
+
+Accepted files stay part of the purchase input: every later landing of purchases (the daily full
+refresh included) reads them after the source files, so re-reading ``$CROSS_SELL_DATA_DIR`` never
+loses landed rows. Rows are upserted by ``purchase_id``: for each id only the rows of the most
+recent source are kept, so landing the same lines twice, even under another file name, never
+duplicates them, and a later file can correct a line. Duplicates *within* one file are kept, so
+the uniqueness gate still sees and reports them.
+"""
+
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+
+from cross_sell.ingest.landing import LandingReport, land
+from cross_sell.resources import InputFiles
+from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, table_columns, transaction, uri
+
+SUFFIXES = (".csv", ".csv.gz", ".parquet")
+PROCESSED = "processed"
+REJECTED = "rejected"
+LOG_TABLE = "landing_files"
+LANDED, ACCEPTED, REJECTED_STATUS = "landed", "accepted", "rejected"
+# A file younger than this may still be being written; the sensor looks again on its next tick.
+MIN_AGE_SECONDS = 2.0
+KEY_COLUMN = "purchase_id"
+
+_DDL = f"""
+create schema if not exists {AUDIT_SCHEMA};
+create table if not exists {AUDIT_SCHEMA}.{LOG_TABLE} (
+    file varchar, sha256 varchar, rows bigint, status varchar, run_id varchar, recorded_at timestamp,
+    path varchar, detail varchar)
+"""
+
+
+class LandingFileError(ValueError):
+    """A landing file named in a run does not exist or is not a plain file in the landing folder."""
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A file waiting in the landing folder, identified by name, size and modification time."""
+
+    name: str
+    size: int
+    mtime_ns: int
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.name}:{self.size}:{self.mtime_ns}"
+
+
+def is_landing_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.endswith(SUFFIXES)
+
+
+def pending_files(landing_dir: Path, min_age_seconds: float = 0.0, now: float | None = None) -> list[PendingFile]:
+    """Files waiting in the top level of the landing folder, oldest first."""
+    if not landing_dir.is_dir():
+        return []
+    now = time.time() if now is None else now
+    found = []
+    for path in landing_dir.iterdir():
+        if not is_landing_file(path):
+            continue
+        stat = path.stat()
+        if now - stat.st_mtime >= min_age_seconds:
+            found.append(PendingFile(path.name, stat.st_size, stat.st_mtime_ns))
+    return sorted(found, key=lambda f: (f.mtime_ns, f.name))
+
+
+def accepted_files(landing_dir: Path | None) -> list[Path]:
+    """Accepted files, in the order they were accepted (their archive names start with a timestamp)."""
+    if landing_dir is None or not (landing_dir / PROCESSED).is_dir():
+        return []
+    return sorted(p for p in (landing_dir / PROCESSED).iterdir() if is_landing_file(p))
+
+
+def resolve_pending(landing_dir: Path | None, names: Sequence[str]) -> list[Path]:
+    """The named files in the top level of the landing folder; raises LandingFileError otherwise."""
+    if not names:
+        return []
+    if landing_dir is None:
+        raise LandingFileError(f"landing files {list(names)} were given, but no landing folder is configured")
+    paths = []
+    for name in names:
+        path = landing_dir / name
+        if Path(name).name != name or not is_landing_file(path):
+            raise LandingFileError(
+                f"{name!r} is not a {'/'.join(SUFFIXES)} file in the landing folder {landing_dir}"
+            )
+        paths.append(path)
+    return paths
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_log(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(_DDL)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _record(
+    conn: duckdb.DuckDBPyConnection, file: str, sha256: str | None, rows: int | None, status: str, run_id: str,
+    path: Path, detail: str,
+) -> None:
+    conn.execute(
+        f"insert into {AUDIT_SCHEMA}.{LOG_TABLE} values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [file, sha256, rows, status, run_id, _now(), str(path), detail],
+    )
+
+
+def add_landed_files(
+    conn: duckdb.DuckDBPyConnection,
+    report: LandingReport,
+    landing_dir: Path | None,
+    new_names: Sequence[str],
+    contract_columns: list[str],
+    run_id: str,
+) -> LandingReport:
+    """Add the accepted landing files and the new ones to ``audit.<table>`` (already holding the
+    source files), upserting by purchase_id, and record the new files as ``landed``.
+
+    Runs in the caller's transaction, so a failure leaves the audit tables as they were.
+    """
+    new = resolve_pending(landing_dir, new_names)
+    sources = [*accepted_files(landing_dir), *new]
+    if not sources:
+        return report
+    table = report.table
+    for i, path in enumerate(sources):
+        part = f"_landing_{i}"
+        land(conn, part, [path], contract_columns)  # same reader, same reject handling as the sources
+        conn.execute(
+            f"create or replace table {AUDIT_SCHEMA}.{table} as select * from {AUDIT_SCHEMA}.{table} "
+            f"union all by name select * from {AUDIT_SCHEMA}.{part}"
+        )
+        conn.execute(f"insert into {AUDIT_SCHEMA}.{table}_rejects select * from {AUDIT_SCHEMA}.{part}_rejects")
+        conn.execute(f"drop table {AUDIT_SCHEMA}.{part}; drop table {AUDIT_SCHEMA}.{part}_rejects")
+
+    # Later sources win: rank 0 for the source files, then accepted files in order, then the new ones.
+    conn.execute("create or replace temp table _landing_rank (file varchar, rank integer)")
+    conn.executemany("insert into _landing_rank values (?, ?)", [[str(p), i + 1] for i, p in enumerate(sources)])
+    read = dict(
+        conn.execute(f"select _source_file, count(*) from {AUDIT_SCHEMA}.{table} group by 1").fetchall()
+    )
+    columns = table_columns(conn, table, AUDIT_SCHEMA)
+    replaced: dict[str, int] = {}
+    if KEY_COLUMN in columns:
+        replaced = dict(
+            conn.execute(
+                f"""with ranked as (
+                        select t.{KEY_COLUMN} as k, t._source_file as f, coalesce(r.rank, 0) as rank
+                        from {AUDIT_SCHEMA}.{table} t left join _landing_rank r on t._source_file = r.file
+                        where t.{KEY_COLUMN} is not null)
+                    select f, count(distinct k) from (
+                        select k, f, rank, min(rank) over (partition by k) as first_rank from ranked)
+                    where first_rank < rank group by 1"""
+            ).fetchall()
+        )
+        conn.execute(
+            f"""create or replace table {AUDIT_SCHEMA}.{table} as
+                select t.* from {AUDIT_SCHEMA}.{table} t left join _landing_rank r on t._source_file = r.file
+                qualify t.{KEY_COLUMN} is null
+                     or coalesce(r.rank, 0) = max(coalesce(r.rank, 0)) over (partition by t.{KEY_COLUMN})"""
+        )
+    conn.execute("drop table _landing_rank")
+
+    ensure_log(conn)
+    for path in new:
+        rows = int(read.get(str(path), 0))
+        detail = f"{rows} rows read, {replaced.get(str(path), 0)} of them replace earlier lines with the same purchase_id"
+        _record(conn, path.name, file_sha256(path), rows, LANDED, run_id, path, detail)
+
+    rows = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}").fetchall()[0][0])
+    rejected = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}_rejects").fetchall()[0][0])
+    received = [c for c in table_columns(conn, table, AUDIT_SCHEMA) if c != "_source_file"]
+    return replace(
+        report,
+        files=[*report.files, *sources],
+        rows=rows,
+        columns=received,
+        extra_columns=[c for c in received if c not in contract_columns],
+        missing_columns=[c for c in contract_columns if c not in received],
+        rejected_lines=rejected,
+    )
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Where one landing file went."""
+
+    file: str
+    status: str
+    path: Path
+
+
+def _archive_name(status: str, name: str, sha256: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{stamp}__{sha256[:12]}__{name}" if status == ACCEPTED else f"{stamp}__{name}"
+
+
+def settle(
+    conn: duckdb.DuckDBPyConnection,
+    landing_dir: Path,
+    names: Sequence[str],
+    status: str,
+    run_id: str,
+    detail: str = "",
+) -> list[Settled]:
+    """Move the named files still waiting in the landing folder to ``processed/`` (accepted) or
+    ``rejected/``, and record it. Idempotent: a file that already left the folder is skipped.
+
+    A file whose bytes changed since this run landed it is left waiting (it is a new version, and
+    the sensor will request a run for it), so the archive always holds exactly what was published.
+    """
+    assert status in (ACCEPTED, REJECTED_STATUS)
+    ensure_log(conn)
+    landed = {
+        file: (sha, rows)
+        for file, sha, rows in conn.execute(
+            f"select file, sha256, rows from {AUDIT_SCHEMA}.{LOG_TABLE} where run_id = ? and status = ?",
+            [run_id, LANDED],
+        ).fetchall()
+    }
+    folder = landing_dir / (PROCESSED if status == ACCEPTED else REJECTED)
+    settled = []
+    for name in names:
+        source = landing_dir / name
+        if Path(name).name != name or not source.is_file():
+            continue
+        sha = file_sha256(source)
+        landed_sha, rows = landed.get(name, (None, None))
+        if landed_sha is not None and landed_sha != sha:
+            continue
+        if status == ACCEPTED and landed_sha is None:
+            continue  # never archive as accepted what this run did not land
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / _archive_name(status, name, sha)
+        with transaction(conn):
+            _record(conn, name, sha, rows, status, run_id, target, detail)
+            os.replace(source, target)
+        settled.append(Settled(name, status, target))
+    return settled
+
+
+def landed_in_run(conn: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
+    ensure_log(conn)
+    rows = conn.execute(
+        f"select file from {AUDIT_SCHEMA}.{LOG_TABLE} where run_id = ? and status = ? order by recorded_at",
+        [run_id, LANDED],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+# --- the sensor's bookkeeping: plain functions, wired in cross_sell.automation ----------------
+
+
+@dataclass(frozen=True)
+class LandingTick:
+    """What the landing sensor should do on one tick."""
+
+    new: list[PendingFile]
+    cursor: str
+
+
+def next_tick(landing_dir: Path, cursor: str | None, min_age_seconds: float = MIN_AGE_SECONDS) -> LandingTick:
+    """New files since the cursor, and the next cursor.
+
+    The cursor holds the fingerprints of files already requested that still wait in the folder
+    (so it stays small: a file leaves it once its run settled it) and a sequence number that makes
+    every run key unique, even for a file moved back into the folder unchanged.
+    """
+    state = json.loads(cursor) if cursor else {"seq": 0, "requested": []}
+    requested = set(state["requested"])
+    waiting = pending_files(landing_dir, min_age_seconds=0.0)
+    present = {f.fingerprint for f in waiting}
+    ready = {f.fingerprint for f in pending_files(landing_dir, min_age_seconds=min_age_seconds)}
+    new = [f for f in waiting if f.fingerprint not in requested and f.fingerprint in ready]
+    seq = int(state["seq"]) + len(new)
+    kept = sorted((requested & present) | {f.fingerprint for f in new})
+    return LandingTick(new=new, cursor=json.dumps({"seq": seq, "requested": kept}))
+
+
+def run_key(cursor_before: str | None, index: int, file: PendingFile) -> str:
+    seq = json.loads(cursor_before)["seq"] if cursor_before else 0
+    return f"landing:{seq + index + 1}:{file.fingerprint}"
+
+
+# --- the asset that archives what a run published ----------------------------------------------
+
+
+@dg.asset(
+    key=[AUDIT_SCHEMA, LOG_TABLE],
+    deps=["purchases"],
+    group_name="ingest",
+    owners=["team:data-platform"],
+    kinds={"duckdb"},
+    pool="duckdb",
+    tags={"layer": "audit"},
+)
+def landing_files_log(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, input_files: InputFiles
+) -> dg.MaterializeResult:
+    """The record of every purchase file dropped in the landing folder: its checksum, rows and
+    fate (landed, accepted into the product, or rejected by a gate). This step runs right after
+    purchases are published and archives the files this run landed, so every later refresh keeps
+    their rows. Operations read it to answer "did my file make it, and if not, why?"."""
+    landing_dir = input_files.landing_path()
+    with connect(duckdb) as conn:
+        ensure_log(conn)
+        names = landed_in_run(conn, context.run.run_id)
+        settled = []
+        if landing_dir is not None and names:
+            settled = settle(conn, landing_dir, names, ACCEPTED, context.run.run_id, "gates passed; purchases published")
+        totals = dict(
+            conn.execute(
+                f"""select status, count(*) from (
+                        select file, sha256, arg_max(status, recorded_at) as status
+                        from {AUDIT_SCHEMA}.{LOG_TABLE} group by file, sha256) group by 1"""
+            ).fetchall()
+        )
+        recent = conn.execute(
+            f"select recorded_at, file, status, rows, detail from {AUDIT_SCHEMA}.{LOG_TABLE} order by recorded_at desc limit 10"
+        ).df()
+    for item in settled:
+        context.log.info(f"Landing file {item.file} accepted, archived as {item.path}")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/uri": uri(duckdb, LOG_TABLE, AUDIT_SCHEMA),
+            "accepted_in_this_run": [s.file for s in settled],
+            "files_accepted": int(totals.get(ACCEPTED, 0)),
+            "files_rejected": int(totals.get(REJECTED_STATUS, 0)),
+            "files_waiting": len(pending_files(landing_dir)) if landing_dir else 0,
+            "landing_folder": str(landing_dir) if landing_dir else "",
+            "recent_events": dg.MetadataValue.md(markdown(recent)),
+        }
+    )

@@ -1,0 +1,379 @@
+"""Schedule, landing sensor, run-failure sensor and declarative automation, on real runs.
+
+Every run here is a real in-process Dagster run against a DuckDB file under tmp_path, on a real
+(temporary, sqlite) instance; sensors and the schedule are evaluated through Dagster's own tick
+machinery (``evaluate_tick``), and automation through ``evaluate_automation_conditions``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from cross_sell import automation, landing_files, slo
+from cross_sell.definitions import ASSETS, CHECKS, build_definitions
+from cross_sell.resources import InputFiles
+from cross_sell_tests.conftest import make_resources, read_table
+
+pytestmark = pytest.mark.filterwarnings("ignore:Starting in dagster 1.11:UserWarning")
+
+HEADER = "purchase_id,order_id,customer_id,product_id,purchase_date,quantity,amount,channel\n"
+# One new line (C4, who never bought, buys Meat) and a correction of L1 (amount 10 -> 12).
+NEW_LINES = "L7,O6,C4,P2,2025-04-02 10:00:00,1,20,web\nL1,O1,C1,P1,2025-01-01 10:00:00,1,12,web\n"
+# An unknown customer and a negative quantity: fails the contract and referential integrity.
+BAD_LINES = "L9,O9,C99,P2,2025-04-02 10:00:00,-1,20,web\n"
+
+INGEST = ["audit/customers", "audit/products", "audit/purchases", "customers", "products", "purchases", "audit/landing_files"]
+# The whole product (ingest, stages, outputs, SLO report), whatever the stages hold.
+PRODUCT = dg.AssetSelection.assets("cross_sell_recommendations", "slo_report").upstream()
+DOWNSTREAM_OF_INGEST = PRODUCT - dg.AssetSelection.groups("ingest")
+DOWNSTREAM = [
+    "customer_metrics",
+    "customer_category_matrix",
+    "product_affinity",
+    "cross_sell_scores",
+    "cross_sell_recommendations",
+    "slo_report",
+]
+
+
+def keys(names: list[str]) -> list[dg.AssetKey]:
+    return [dg.AssetKey.from_user_string(n) for n in names]
+
+
+def drop(folder: Path, name: str, text: str, age_seconds: float = 60) -> Path:
+    """Put a file in the landing folder as an upstream system would, already older than the
+    sensor's minimum age."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    past = time.time() - age_seconds
+    os.utime(path, (past, past))
+    return path
+
+
+def write_parquet(path: Path, csv_text: str) -> None:
+    """The same lines as Parquet (all columns text, as upstream systems often send them)."""
+    source = path.with_suffix(".src.csv")
+    source.write_text(csv_text)
+    with duckdb.connect() as conn:
+        conn.execute(
+            f"copy (select * from read_csv('{source}', all_varchar = true)) to '{path}' (format parquet)"
+        )
+    source.unlink()
+
+
+@dataclass
+class Env:
+    """A project wired to temporary inputs, landing folder, warehouse and instance."""
+
+    data: Path
+    landing: Path
+    warehouse: Path
+    resources: dict
+    defs: dg.Definitions
+    instance: dg.DagsterInstance
+
+    def materialize(self, selection: list[str] | dg.AssetSelection, **kwargs) -> dg.ExecuteInProcessResult:
+        if isinstance(selection, list):
+            selection = keys(selection)
+        return dg.materialize(
+            [*ASSETS, *CHECKS], selection=selection, resources=self.resources, instance=self.instance,
+            raise_on_error=False, **kwargs,
+        )
+
+    def run_job(self, name: str, request: dg.RunRequest | None = None) -> dg.ExecuteInProcessResult:
+        """Execute a job of the definitions as a run request from a sensor would launch it."""
+        return self.defs.resolve_job_def(name).execute_in_process(
+            instance=self.instance,
+            run_config=request.run_config if request else None,
+            tags=request.tags if request else None,
+            raise_on_error=False,
+        )
+
+    def landing_tick(self, cursor: str | None):
+        sensor = self.defs.get_sensor_def("purchase_landing_sensor")
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=cursor, resources=self.resources, definitions=self.defs
+        )
+        return sensor.evaluate_tick(context)
+
+    def failure_sensor(self, result: dg.ExecuteInProcessResult) -> None:
+        context = dg.build_run_status_sensor_context(
+            sensor_name="run_failure_alert_sensor",
+            dagster_instance=self.instance,
+            dagster_run=result.dagster_run,
+            dagster_event=result.get_run_failure_event(),
+            resources=self.resources,
+        ).for_run_failure()
+        self.defs.get_sensor_def("run_failure_alert_sensor")(context)
+
+    def table(self, name: str, order_by: str | None = None) -> pd.DataFrame:
+        return read_table(self.warehouse, name, order_by)
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_data: Path, warehouse_path: Path) -> Iterator[Env]:
+    landing = tmp_path / "landing"
+    resources = make_resources(tiny_data, warehouse_path)
+    resources["input_files"] = InputFiles(location=str(tiny_data), landing_location=str(landing))
+    with dg.instance_for_test() as instance:
+        yield Env(tiny_data, landing, warehouse_path, resources, build_definitions(resources), instance)
+
+
+# --- landing sensor ------------------------------------------------------------------------------
+
+
+def test_landing_sensor_requests_each_file_exactly_once(env: Env) -> None:
+    first = env.landing_tick(None)
+    assert first.run_requests == [] and first.skip_message  # empty folder: nothing to do
+
+    drop(env.landing, "a.csv", HEADER + NEW_LINES)
+    tick1 = env.landing_tick(first.cursor)
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick1.run_requests] == ["a.csv"]
+    request = tick1.run_requests[0]
+    assert request.run_config == {"ops": {"audit__purchases": {"config": {"landing_files": ["a.csv"]}}}}
+    dg.validate_run_config(env.defs.resolve_job_def("ingest_landed_purchases"), request.run_config)
+
+    # Evaluated again with the new cursor: no duplicate request while the file still waits.
+    tick2 = env.landing_tick(tick1.cursor)
+    assert tick2.run_requests == [] and "no new files" in tick2.skip_message
+
+    # A second file: only it is requested. A file still being written (too young) waits a tick.
+    write_parquet(env.landing / "b.parquet", HEADER + BAD_LINES)
+    past = time.time() - 60
+    os.utime(env.landing / "b.parquet", (past, past))
+    (env.landing / "c.csv").write_text(HEADER + NEW_LINES)
+    tick3 = env.landing_tick(tick2.cursor)
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick3.run_requests] == ["b.parquet"]
+    os.utime(env.landing / "c.csv", (past, past))
+    tick4 = env.landing_tick(tick3.cursor)
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick4.run_requests] == ["c.csv"]
+    run_keys = [r.run_key for t in (tick1, tick3, tick4) for r in t.run_requests]
+    assert len(set(run_keys)) == 3
+
+    # Files that left the folder (settled by their runs) leave the cursor, so it stays small;
+    # a file dropped again later under the same name is a new file and gets its own run.
+    for name in ("a.csv", "b.parquet", "c.csv"):
+        (env.landing / name).unlink()
+    tick5 = env.landing_tick(tick4.cursor)
+    assert json.loads(tick5.cursor)["requested"] == []
+    drop(env.landing, "a.csv", HEADER + NEW_LINES, age_seconds=30)
+    tick6 = env.landing_tick(tick5.cursor)
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick6.run_requests] == ["a.csv"]
+    assert tick6.run_requests[0].run_key not in run_keys
+
+
+def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> None:
+    assert env.run_job("ingest_landed_purchases").success  # what the daily refresh does for ingest
+    assert len(env.table("purchases")) == 6
+
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    tick = env.landing_tick(None)
+    result = env.run_job("ingest_landed_purchases", tick.run_requests[0])
+    assert result.success
+    purchases = env.table("purchases", "purchase_id").set_index("purchase_id")
+    assert len(purchases) == 7  # L7 added, L1 replaced (upsert by purchase_id), nothing duplicated
+    assert purchases.loc["L1", "amount"] == 12 and purchases.loc["L7", "customer_id"] == "C4"
+    processed = sorted((env.landing / landing_files.PROCESSED).iterdir())
+    assert [p.name.split("__")[-1] for p in processed] == ["new.csv"] and not (env.landing / "new.csv").exists()
+    assert processed[0].read_text() == HEADER + NEW_LINES  # archived byte for byte
+
+    # The same lines again, as Parquet under another name: still 7 rows.
+    write_parquet(env.landing / "same_again.parquet", HEADER + NEW_LINES)
+    past = time.time() - 60
+    os.utime(env.landing / "same_again.parquet", (past, past))
+    tick2 = env.landing_tick(tick.cursor)
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick2.run_requests] == ["same_again.parquet"]
+    assert env.run_job("ingest_landed_purchases", tick2.run_requests[0]).success
+    assert len(env.table("purchases")) == 7
+
+    # A later full refresh re-reads the source folder and keeps every accepted landed row.
+    assert env.run_job("ingest_landed_purchases").success
+    purchases = env.table("purchases", "purchase_id").set_index("purchase_id")
+    assert len(purchases) == 7 and purchases.loc["L1", "amount"] == 12
+
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.groupby("file")["status"].apply(list).to_dict() == {
+        "new.csv": ["landed", "accepted"],
+        "same_again.parquet": ["landed", "accepted"],
+    }
+    landed = log[log.status == "landed"].set_index("file").detail
+    assert landed["new.csv"].startswith("2 rows read, 1 of them replace")  # L1 corrected
+    assert landed["same_again.parquet"].startswith("2 rows read, 2 of them replace")  # all seen before
+    new = log[(log.file == "new.csv") & (log.status == "accepted")].iloc[0]
+    assert new.rows == 2 and new.sha256 == landing_files.file_sha256(processed[0])
+    assert new.run_id == result.run_id
+
+
+def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -> None:
+    assert env.materialize(dg.AssetSelection.assets("cross_sell_scores").upstream()).success
+    before = {t: env.table(t) for t in ("purchases", "customers", "cross_sell_scores")}
+
+    path = drop(env.landing, "bad.csv", HEADER + BAD_LINES)
+    tick = env.landing_tick(None)
+    result = env.run_job("ingest_landed_purchases", tick.run_requests[0])
+    assert not result.success
+    assert result.get_failed_step_keys() == {"audit__purchases_contract", "audit__purchases_referential_integrity"}
+    assert result.is_node_untouched("publish_inputs")
+    for table, frame in before.items():  # published tables and outputs exactly as they were
+        pd.testing.assert_frame_equal(env.table(table), frame)
+
+    env.failure_sensor(result)
+    alerts = env.table("audit.run_alerts", "failed_step")
+    assert alerts.run_id.unique().tolist() == [result.run_id]
+    assert alerts.failed_step.tolist() == ["audit__purchases_contract", "audit__purchases_referential_integrity"]
+    assert alerts.gate.tolist() == ["audit/purchases:contract", "audit/purchases:referential_integrity"]
+    assert (alerts.landing_files == "bad.csv").all()
+
+    # The file is kept, byte for byte, under rejected/, and the log says why.
+    assert not path.exists()
+    [rejected] = list((env.landing / landing_files.REJECTED).iterdir())
+    assert rejected.read_text() == HEADER + BAD_LINES
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "rejected"]
+    assert "audit/purchases:contract" in log.detail.iloc[-1]
+
+    env.failure_sensor(result)  # a retried sensor tick alerts once only
+    assert len(env.table("audit.run_alerts")) == 2
+
+    # The next ingest does not pick the rejected file up, and the sensor forgets it.
+    assert env.run_job("ingest_landed_purchases").success
+    assert len(env.table("purchases")) == 6
+    assert json.loads(env.landing_tick(tick.cursor).cursor)["requested"] == []
+
+
+def test_unreadable_landing_file_fails_its_run_and_is_rejected_unchanged(env: Env) -> None:
+    assert env.run_job("ingest_landed_purchases").success
+    path = drop(env.landing, "empty.csv", "")  # 0 bytes: cannot even be read
+    result = env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0])
+    assert not result.success and result.get_failed_step_keys() == {"audit__purchases"}
+    assert len(env.table("purchases")) == 6
+
+    env.failure_sensor(result)
+    [alert] = env.table("audit.run_alerts").itertuples()
+    assert alert.failed_step == "audit__purchases" and pd.isna(alert.gate) and "empty" in alert.message
+    assert not path.exists()
+    [rejected] = list((env.landing / landing_files.REJECTED).iterdir())
+    assert rejected.name.endswith("__empty.csv") and rejected.stat().st_size == 0
+    [entry] = env.table("audit.landing_files").itertuples()  # never landed, so only the rejection
+    assert entry.status == "rejected" and "run failed" in entry.detail
+
+
+# --- schedule --------------------------------------------------------------------------------------
+
+
+def test_daily_schedule_refreshes_everything_before_the_deadline(env: Env) -> None:
+    schedule = env.defs.get_schedule_def("daily_refresh_schedule")
+    assert schedule.cron_schedule == "0 5 * * *" and schedule.execution_timezone == "UTC"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    tick = datetime(2025, 3, 2, 5, 0, tzinfo=timezone.utc)
+    data = schedule.evaluate_tick(
+        dg.build_schedule_context(scheduled_execution_time=tick, repository_def=env.defs.get_repository_def())
+    )
+    assert len(data.run_requests) == 1
+    job = env.defs.resolve_job_def("daily_refresh")
+    dg.validate_run_config(job, data.run_requests[0].run_config)
+    # The job refreshes every asset of the product, and the tick comes an hour before the deadline.
+    assert set(job.asset_layer.selected_asset_keys) == set(env.defs.resolve_asset_graph().get_all_asset_keys())
+    assert int(automation.REFRESH_CRON.split()[1]) < int(slo.DEADLINE_CRON.split()[1])
+
+
+def test_sensors_and_schedule_run_by_default(env: Env) -> None:
+    repo = env.defs.get_repository_def()
+    status = {s.name: s.default_status for s in repo.sensor_defs}
+    assert status == {
+        "purchase_landing_sensor": dg.DefaultSensorStatus.RUNNING,
+        "cross_sell_automation": dg.DefaultSensorStatus.RUNNING,
+        "run_failure_alert_sensor": dg.DefaultSensorStatus.RUNNING,
+    }  # and no stopped default_automation_condition_sensor: ours covers every asset
+    assert {s.name: s.default_status for s in repo.schedule_defs} == {
+        "daily_refresh_schedule": dg.DefaultScheduleStatus.RUNNING
+    }
+
+
+# --- declarative automation ------------------------------------------------------------------------
+
+
+def requested(result, names: list[str]) -> set[str]:
+    return {n for n in names if result.get_num_requested(dg.AssetKey.from_user_string(n))}
+
+
+def test_automation_refreshes_downstream_after_an_upstream_update(env: Env) -> None:
+    assert env.materialize(PRODUCT).success
+    first = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance)
+    assert first.total_requested == 0  # everything is up to date
+    # A full refresh updates inputs and outputs in one run: nothing is requested a second time.
+    assert env.materialize(PRODUCT).success
+    first = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance, cursor=first.cursor)
+    assert requested(first, DOWNSTREAM) == set()
+
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    assert env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0]).success
+    after_update = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance, cursor=first.cursor)
+    assert requested(after_update, DOWNSTREAM) == set(DOWNSTREAM)  # the whole chain, in one tick
+    assert requested(after_update, INGEST) == set()  # files drive ingest, not automation
+
+    assert env.materialize(DOWNSTREAM_OF_INGEST).success
+    handled = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance, cursor=after_update.cursor)
+    assert requested(handled, DOWNSTREAM) == set()
+    assert "C4" in set(env.table("customer_category_matrix").customer_id)  # the new line went through
+
+
+def test_automation_never_refreshes_past_a_failed_gate(env: Env) -> None:
+    # The same graph with plain eager(): it ignores check results.
+    plain = dg.Definitions(
+        assets=dg.map_asset_specs(
+            lambda s: s.replace_attributes(automation_condition=dg.AutomationCondition.eager())
+            if s.automation_condition else s,
+            automation.apply_automation(ASSETS),
+        ),
+        asset_checks=CHECKS,
+        resources=env.resources,
+    )
+    graph = env.defs.resolve_asset_graph()
+    metrics = dg.AssetKey("customer_metrics")
+    # Automated single assets that read customer_metrics (the SLO report among them, whatever else the
+    # graph holds). A member of a non-subsettable multi-asset is left out: Dagster runs the whole op
+    # whenever any of its members is requested, whatever the condition of the others.
+    single = {key for a in ASSETS if len(a.keys) == 1 for key in a.keys}
+    readers = sorted(
+        k.to_user_string() for k in graph.get_all_asset_keys()
+        if k in single and metrics in graph.get(k).parent_keys and graph.get(k).automation_condition is not None
+    )
+    assert "slo_report" in readers
+    assert env.materialize(PRODUCT).success
+    ours = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance)
+    eager = dg.evaluate_automation_conditions(defs=plain, instance=env.instance)
+
+    # customer_metrics fails its blocking output gate (a negative CLV horizon gives negative CLV), then
+    # product_affinity, another input of the SLO report, is refreshed successfully.
+    failed = env.materialize(
+        ["customer_metrics"], run_config={"ops": {"customer_metrics": {"config": {"clv_horizon_years": -1.0}}}}
+    )
+    assert not failed.success
+    [gate] = [e for e in failed.get_asset_check_evaluations() if not e.passed]
+    assert gate.asset_key == metrics and gate.check_name == "contract"
+    assert env.materialize(["product_affinity"]).success
+
+    ours = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance, cursor=ours.cursor)
+    eager = dg.evaluate_automation_conditions(defs=plain, instance=env.instance, cursor=eager.cursor)
+    assert "slo_report" in requested(eager, readers)  # eager() alone would run past the failed gate
+    assert requested(ours, readers) == set()  # ours waits until customer_metrics passes its gate again
+    assert "customer_metrics" not in requested(ours, ["customer_metrics"])  # nothing re-triggers the failed one
+
+    # The run-failure sensor records the failed step and the gate that stopped it.
+    env.failure_sensor(failed)
+    [alert] = env.table("audit.run_alerts").itertuples()
+    assert (alert.run_id, alert.failed_step, alert.gate) == (failed.run_id, "customer_metrics", "customer_metrics:contract")
+    assert pd.isna(alert.landing_files)
