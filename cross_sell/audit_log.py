@@ -2,12 +2,15 @@
 
 The gates (asset checks) record their verdict here, next to the data, so the publish step can
 refuse to publish a load whose gates did not all pass, even when someone selects the publish
-step on its own.
+step on its own. A verdict that was reached against other datasets (referential integrity looks
+up customers and products) also records which loads of those datasets it saw: if one of them is
+re-landed afterwards, the verdict no longer counts.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import duckdb
@@ -21,6 +24,7 @@ create table if not exists {AUDIT_SCHEMA}.load_log (
 create table if not exists {AUDIT_SCHEMA}.gate_log (
     dataset varchar, load_id varchar, gate varchar, passed boolean, failing bigint,
     evaluated_at timestamp, run_id varchar);
+alter table {AUDIT_SCHEMA}.gate_log add column if not exists basis varchar;
 """
 
 
@@ -52,26 +56,45 @@ def current_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     return row[0] if row else None
 
 
+def basis(conn: duckdb.DuckDBPyConnection, datasets: Sequence[str]) -> str:
+    """The current loads of ``datasets``, as recorded with a verdict that depends on them."""
+    return ",".join(f"{d}={current_load(conn, d)}" for d in sorted(datasets))
+
+
 def record_gate(
-    conn: duckdb.DuckDBPyConnection, dataset: str, gate: str, passed: bool, failing: int, run_id: str
+    conn: duckdb.DuckDBPyConnection,
+    dataset: str,
+    gate: str,
+    passed: bool,
+    failing: int,
+    run_id: str,
+    depends_on: Sequence[str] = (),
 ) -> None:
-    """Record a gate's verdict against the dataset's current load."""
+    """Record a gate's verdict against the dataset's current load (and those it depends on)."""
     ensure_tables(conn)
     conn.execute(
-        f"insert into {AUDIT_SCHEMA}.gate_log values (?, ?, ?, ?, ?, ?, ?)",
-        [dataset, current_load(conn, dataset), gate, passed, failing, _now(), run_id],
+        f"insert into {AUDIT_SCHEMA}.gate_log (dataset, load_id, gate, passed, failing, evaluated_at, run_id, basis) "
+        "values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [dataset, current_load(conn, dataset), gate, passed, failing, _now(), run_id, basis(conn, depends_on)],
     )
 
 
 def gates_not_passed(conn: duckdb.DuckDBPyConnection, dataset: str, required: list[str]) -> list[str]:
-    """Required gates whose latest verdict on the current load is missing or failed."""
+    """Required gates whose latest verdict on the current load is missing, failed, or was reached
+    against loads of other datasets that have since been replaced."""
     load_id = current_load(conn, dataset)
     if load_id is None:
         return list(required)
     rows = conn.execute(
-        f"""select gate, arg_max(passed, evaluated_at) from {AUDIT_SCHEMA}.gate_log
-            where dataset = ? and load_id = ? group by gate""",
+        f"""select gate, arg_max(passed, evaluated_at), arg_max(coalesce(basis, ''), evaluated_at)
+            from {AUDIT_SCHEMA}.gate_log where dataset = ? and load_id = ? group by gate""",
         [dataset, load_id],
     ).fetchall()
-    verdicts = dict(rows)
-    return [gate for gate in required if not verdicts.get(gate, False)]
+    verdicts = {gate: (passed, seen) for gate, passed, seen in rows}
+    not_passed = []
+    for gate in required:
+        passed, seen = verdicts.get(gate, (False, ""))
+        others = [part.split("=", 1)[0] for part in seen.split(",") if part]
+        if not passed or (others and seen != basis(conn, others)):
+            not_passed.append(gate)
+    return not_passed

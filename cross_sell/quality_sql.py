@@ -101,6 +101,8 @@ def compile_rules(schema: pa.DataFrameSchema, present: list[str]) -> tuple[list[
         dtype = str(column.dtype)
         sql_type = SQL_TYPES.get(dtype, "varchar")
         typed = raw if sql_type == "varchar" else f"try_cast({raw} as {sql_type})"
+        if sql_type == "bigint":  # DuckDB rounds text '1.5' to 2 when casting to an integer: refuse fractions
+            typed = f"(case when try_cast({raw} as double) = {typed} then {typed} end)"
         if sql_type == "varchar":
             typed = f"{raw}::varchar"
         else:

@@ -1,15 +1,21 @@
 """Landing: read an input dataset's files into its audit table, as text, losing nothing.
 
 Files are found by dataset name in the input folder: ``<name>.parquet``, ``<name>.csv``,
-``<name>.csv.gz`` or a folder ``<name>/`` of such files (singular or plural name). CSV is read
-with a fixed dialect (comma, double quotes, header row, UTF-8); lines that cannot be parsed
-(ragged rows, broken quoting, bytes that are not UTF-8) are not dropped silently: they go to
-``audit.<table>_rejects`` and fail the gate. Typing happens in the gate, not here, so a value like
-``"abc"`` in ``amount`` is reported with its row instead of aborting the read.
+``<name>.csv.gz`` or a folder ``<name>/`` of such files (singular or plural name).
+
+CSV is read with a fixed dialect and no sniffing: comma, double quotes (doubled to escape), a
+header row whose names are taken as they are, UTF-8. Lines that cannot be parsed (ragged rows,
+an unbalanced quote, bytes that are not UTF-8) are not dropped silently: they go to
+``audit.<table>_rejects`` and fail the gate, named ``parse:<error>`` with file and line. Typing
+happens in the gate, not here, so a value like ``"abc"`` in ``amount`` is reported with its row
+instead of aborting the read. What cannot be read at all (a missing or 0-byte file, a header that
+is not UTF-8 or repeats a name) fails the landing step with a message that says so.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +67,63 @@ def find_files(location: Path, dataset: str) -> list[Path]:
 
 
 def _sql_list(paths: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(_sql_text(str(p)) for p in paths) + "]"
 
 
-def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], rejects_table: str) -> str:
-    """SQL text of a relation with every column as VARCHAR and the source file name."""
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class InputUnreadableError(ValueError):
+    """An input file whose header (or compression) cannot be read at all."""
+
+
+MAX_HEADER_BYTES = 1 << 20
+
+
+def csv_header(path: Path) -> list[str]:
+    """The column names in a CSV file's first line (UTF-8, a BOM is allowed).
+
+    Names are stripped of surrounding spaces; a blank name becomes ``column<N>`` (its position).
+    Raises :class:`InputUnreadableError` for a header that is missing, not UTF-8, or repeats a name.
+    """
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
+            first = handle.readline(MAX_HEADER_BYTES)
+    except (OSError, EOFError) as exc:
+        raise InputUnreadableError(f"{path.name}: cannot be read ({exc})") from exc
+    try:
+        text = first.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputUnreadableError(f"{path.name}: the header line is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    if not text.strip():
+        raise InputUnreadableError(f"{path.name}: the first line is empty; expected a header row with the column names")
+    names = [name.strip() or f"column{i}" for i, name in enumerate(next(csv.reader([text.rstrip("\r\n")])))]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputUnreadableError(f"{path.name}: the header repeats column names: {', '.join(repeated)}")
+    return names
+
+
+def _csv_scan(files: list[Path], columns: list[str], n: int) -> str:
+    """One strict CSV scan: the header's names, every value as text, unparseable lines to rejects.
+
+    The dialect is fixed (no sniffing): comma, double quote (doubled to escape), header row, UTF-8.
+    Sniffing gives up on a file with an unbalanced quote; a fixed dialect instead rejects exactly
+    the broken line(s), which then fail the gate with their line number.
+    """
+    struct = "{" + ", ".join(f"{_sql_text(c)}: 'VARCHAR'" for c in columns) + "}"
+    return (
+        f"select * exclude (filename), filename as _source_file from read_csv({_sql_list(files)}, "
+        f"columns = {struct}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
+        "all_varchar = true, filename = true, store_rejects = true, "
+        f"rejects_table = 'reject_errors_{n}', rejects_scan = 'reject_scans_{n}')"
+    )
+
+
+def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[str, list[str]]:
+    """SQL text of a relation with every column as VARCHAR and the source file name, and the
+    SELECTs of the rejected lines of each CSV scan."""
     empty = [p for p in files if p.stat().st_size == 0]
     if empty:
         raise InputMissingError(f"input file is empty (0 bytes): {', '.join(p.name for p in empty)}")
@@ -73,16 +131,21 @@ def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], rejects_t
         return (
             f"select columns(* exclude (filename))::varchar, filename as _source_file "
             f"from read_parquet({_sql_list(files)}, union_by_name = true, filename = true)"
-        )
+        ), []
     if any(p.name.endswith(".parquet") for p in files):
         raise ValueError("a dataset folder must hold either CSV or Parquet files, not both")
-    conn.execute("drop table if exists reject_errors; drop table if exists reject_scans")
-    return (
-        f"select * exclude (filename), filename as _source_file from read_csv({_sql_list(files)}, "
-        "header = true, delim = ',', quote = '\"', escape = '\"', all_varchar = true, "
-        "filename = true, store_rejects = true, "
-        "rejects_table = 'reject_errors', rejects_scan = 'reject_scans')"
-    )
+    by_header: dict[tuple[str, ...], list[Path]] = {}
+    for path in files:  # one header read per file, never per row
+        by_header.setdefault(tuple(csv_header(path)), []).append(path)
+    scans, rejects = [], []
+    for n, (columns, group) in enumerate(by_header.items()):
+        conn.execute(f"drop table if exists reject_errors_{n}; drop table if exists reject_scans_{n}")
+        scans.append(_csv_scan(group, list(columns), n))
+        rejects.append(
+            "select s.file_path as file, e.line, e.column_name, e.error_type, e.csv_line, e.error_message "
+            f"from reject_errors_{n} e join reject_scans_{n} s using (scan_id, file_id)"
+        )
+    return " union all by name ".join(scans), rejects
 
 
 def land(
@@ -90,21 +153,13 @@ def land(
 ) -> LandingReport:
     """Replace ``audit.<table>`` with the files' rows (all text) and ``audit.<table>_rejects``
     with the lines that could not be parsed. Runs in the caller's transaction."""
-    relation = _read_relation(conn, files, f"{table}_rejects")
+    relation, reject_selects = _read_relation(conn, files)
     conn.execute(f"create schema if not exists {AUDIT_SCHEMA}")
     conn.execute(f"create or replace table {AUDIT_SCHEMA}.{table} as {relation}")
-    rejects_select = (
-        "select s.file_path as file, e.line, e.column_name, e.error_type, e.csv_line, e.error_message "
-        "from reject_errors e join reject_scans s using (scan_id, file_id)"
+    rejects_select = " union all ".join(reject_selects) or (
+        "select null::varchar as file, null::bigint as line, null::varchar as column_name, "
+        "null::varchar as error_type, null::varchar as csv_line, null::varchar as error_message where false"
     )
-    has_rejects = conn.execute(
-        "select count(*) from duckdb_tables() where table_name = 'reject_errors' and temporary"
-    ).fetchone()[0]
-    if not has_rejects:
-        rejects_select = (
-            "select null::varchar as file, null::bigint as line, null::varchar as column_name, "
-            "null::varchar as error_type, null::varchar as csv_line, null::varchar as error_message where false"
-        )
     conn.execute(f"create or replace table {AUDIT_SCHEMA}.{table}_rejects as {rejects_select}")
     rows = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}").fetchone()[0])
     rejected = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}_rejects").fetchone()[0])
@@ -121,9 +176,13 @@ def land(
 
 
 def rejects_as_failure_cases_sql(table: str) -> str:
-    """The rejected lines of a landing in pandera's failure-case shape, for the gate."""
+    """The rejected lines of a landing in pandera's failure-case shape, for the gate: rule
+    ``parse:<error>`` (e.g. ``parse:invalid_encoding``), the column DuckDB stopped at, and the
+    file, line number and (start of the) line as the value."""
     return (
-        f"select 'parseable_csv:' || lower(replace(error_type, ' ', '_')) as check, "
-        f"coalesce(column_name, '<line>') as column, csv_line as failure_case, line as index "
-        f"from {AUDIT_SCHEMA}.{table}_rejects order by line"
+        f"select 'parse:' || lower(replace(error_type, ' ', '_')) as check, "
+        f"coalesce(column_name, '<line>') as column, "
+        f"parse_filename(file) || ' line ' || line || ': ' || left(rtrim(csv_line, chr(13) || chr(10)), 200) as failure_case, "
+        f"null::bigint as index "
+        f"from {AUDIT_SCHEMA}.{table}_rejects order by file, line"
     )

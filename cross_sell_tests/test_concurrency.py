@@ -1,0 +1,136 @@
+"""Concurrency and crashes, for real: two whole-graph CLI runs at once on one warehouse, and a
+run killed with SIGKILL in the middle of publishing."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from cross_sell.definitions import ASSETS, CHECKS
+from cross_sell.generate import generate
+from cross_sell_tests.conftest import PROJECT_ROOT, cli_env, dagster_cli, make_resources, read_table, write_tiny_dataset
+from cross_sell_tests.test_quality_gates import INGEST, PUBLISHED, published_tables
+
+pytestmark = pytest.mark.slow
+
+LOCK_ERRORS = ("Could not set lock", "Conflicting lock", "IOException")
+MATERIALIZE_ALL = [*dagster_cli(), "asset", "materialize", "-m", "cross_sell.definitions", "--select", "*"]
+
+
+def _materialize_in_process(data: Path, warehouse: Path) -> None:
+    result = dg.materialize([*ASSETS, *CHECKS], resources=make_resources(data, warehouse), raise_on_error=False)
+    assert result.success
+
+
+def test_two_whole_graph_runs_started_together_both_succeed(
+    generated_data: Path, tmp_path: Path, dagster_home: Path
+) -> None:
+    warehouse = tmp_path / "warehouse" / "cross_sell.duckdb"
+    env = cli_env(generated_data, warehouse, dagster_home)
+    logs = [tmp_path / "shell_a.log", tmp_path / "shell_b.log"]
+    command = shlex.join(MATERIALIZE_ALL)
+    shells = [
+        subprocess.Popen(["bash", "-c", command], cwd=PROJECT_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        for log in logs
+    ]
+    codes = [shell.wait(timeout=900) for shell in shells]
+    outputs = [log.read_text() for log in logs]
+
+    assert codes == [0, 0], "\n\n".join(out[-3000:] for out in outputs)
+    for out in outputs:
+        assert "RUN_SUCCESS" in out
+        assert not [e for e in LOCK_ERRORS if e in out]
+    # They really ran at the same time, and the instance's pool made them take turns on the file.
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    records = instance.get_run_records()
+    assert len(records) == 2 and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
+    assert max(r.start_time for r in records) < min(r.end_time for r in records)
+    assert any("blocked by limit for pool duckdb" in out for out in outputs)
+
+    # Consistent: the warehouse holds exactly what one clean run on the same input produces.
+    reference = tmp_path / "reference" / "cross_sell.duckdb"
+    _materialize_in_process(generated_data, reference)
+    expected, got = published_tables(reference), published_tables(warehouse)
+    for table in PUBLISHED:
+        pd.testing.assert_frame_equal(got[table], expected[table], obj=table, check_exact=False, rtol=1e-9)
+
+
+def _latest_run_id(instance: dg.DagsterInstance) -> str | None:
+    runs = instance.get_runs(limit=1)
+    return runs[0].run_id if runs else None
+
+
+def _steps(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType) -> set[str]:
+    return {entry.dagster_event.step_key for entry in instance.all_logs(run_id, of_type=event_type)}
+
+
+def test_sigkill_while_publishing_leaves_published_tables_as_before(tmp_path: Path, dagster_home: Path) -> None:
+    warehouse = tmp_path / "warehouse" / "cross_sell.duckdb"
+    _materialize_in_process(write_tiny_dataset(tmp_path / "tiny"), warehouse)
+    before = published_tables(warehouse)
+
+    # A load big enough that publishing it (three typed tables in one transaction) takes seconds.
+    big = tmp_path / "big"
+    generate(big, customers=50_000, purchases=1_000_000, products=240, categories=12, seed=3, fmt="parquet")
+    proc = subprocess.Popen(
+        MATERIALIZE_ALL,
+        cwd=PROJECT_ROOT,
+        env=cli_env(big, warehouse, dagster_home),
+        stdout=(tmp_path / "run.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, killed as a whole
+    )
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    run_id, started, grew = None, None, False
+    deadline = time.monotonic() + 600
+    try:
+        # Wait (polling the run's event log) until the publish step has started ...
+        while started is None and time.monotonic() < deadline and proc.poll() is None:
+            run_id = run_id or _latest_run_id(instance)
+            if run_id and "publish_inputs" in _steps(instance, run_id, dg.DagsterEventType.STEP_START):
+                started = time.monotonic()
+            else:
+                time.sleep(0.05)
+        # ... then kill as soon as its uncommitted tables are being written to the file (or 1 s in).
+        if started is not None:
+            size_at_start = warehouse.stat().st_size
+            while time.monotonic() - started < 1.0 and not grew:
+                grew = warehouse.stat().st_size > size_at_start
+                time.sleep(0.01)
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+    log = (tmp_path / "run.log").read_text()
+    assert started is not None, f"publish_inputs never started:\n{log[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    # Killed in the middle of the step: it started and never finished.
+    assert "publish_inputs" not in _steps(instance, run_id, dg.DagsterEventType.STEP_SUCCESS)
+    print(f"killed publish_inputs {time.monotonic() - started:.2f}s in; file grew before the kill: {grew}")
+
+    # Every published table is readable and row-for-row what it was before the killed run.
+    after = published_tables(warehouse)
+    for table in PUBLISHED:
+        pd.testing.assert_frame_equal(after[table], before[table], obj=table)
+    assert len(read_table(warehouse, "purchases")) == 6
+
+    # And the warehouse takes the next load as usual.
+    result = dg.materialize(
+        [*ASSETS, *CHECKS],
+        selection=INGEST,
+        resources=make_resources(write_tiny_dataset(tmp_path / "tiny_again"), warehouse),
+        raise_on_error=False,
+    )
+    assert result.success
+    for table in ("customers", "products", "purchases"):
+        pd.testing.assert_frame_equal(read_table(warehouse, table, "all"), before[table], obj=table)
