@@ -1,0 +1,315 @@
+"""What the cross-sell model sees: each customer's category profile, metrics and demographics
+as of one moment, and the affinity statistics that link the categories they have to the ones
+they lack.
+
+Everything is computed as of a moment ``as_of`` from the published ``customers``, ``products``
+and ``purchases`` tables, so the same code builds the training features (as of a cutoff in the
+past) and the scoring features (as of the newest purchase): no train/serve skew. The heavy
+lifting is two DuckDB aggregations; the rest is dense numpy over customers x categories.
+
+Per customer (the same definitions as ``customer_metrics``, evaluated as of ``as_of``):
+
+* **profile**: for every category, its share of the customer's spend and of their orders;
+* **metrics**: orders, purchase frequency (orders per 30 days of the active window, at least
+  30 days), total spend, average order value, recency and tenure in days, categories owned;
+* **demographics**: age (in the as-of year), income, education, marital status, country.
+
+Per (customer, candidate category b), from the ownership of all customers as of ``as_of``:
+
+* ``popularity``: share of buying customers who have b;
+* ``rule_confidence`` / ``rule_lift``: the strongest rule a -> b over the categories a the
+  customer has (max confidence P(b | a), max lift);
+* ``log_lift_sum``: sum over the customer's categories of log lift(a -> b), smoothed: a naive
+  Bayes view of how much the whole profile points at b;
+* ``weighted_confidence``: confidence of a -> b averaged with the customer's spend shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cross_sell.scoring.logic import strongest_rule
+
+CANDIDATE = "category"
+CUSTOMER_NUMERIC = (
+    "log_orders", "purchase_frequency", "log_total_spend", "log_avg_order_value",
+    "recency_days", "tenure_days", "categories_owned", "age", "log_income",
+)
+CUSTOMER_CATEGORICAL = ("education", "marital_status", "country")
+PAIR_NUMERIC = ("popularity", "rule_confidence", "rule_lift", "log_lift_sum", "weighted_confidence")
+HIDDEN_VIEW = "_cross_sell_hidden"
+
+
+def spend_share_column(category: str) -> str:
+    return f"spend_share[{category}]"
+
+
+def order_share_column(category: str) -> str:
+    return f"order_share[{category}]"
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Every customer's state as of ``as_of``; rows are customers sorted by id, columns categories sorted by name."""
+
+    customer_ids: np.ndarray  # (n,) object
+    categories: list[str]  # (k,)
+    as_of: pd.Timestamp
+    owned: np.ndarray  # (n, k) bool: bought the category on or before as_of
+    spend_share: np.ndarray  # (n, k) float32
+    order_share: np.ndarray  # (n, k) float32
+    customer: pd.DataFrame  # (n rows) CUSTOMER_NUMERIC floats and CUSTOMER_CATEGORICAL categoricals
+    active: np.ndarray  # (n,) bool: signed up or bought on or before as_of
+    bought_after: np.ndarray  # (n, k) bool: bought the category after as_of
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.owned.shape
+
+
+@dataclass(frozen=True)
+class RuleStatistics:
+    """Category-level association statistics over customers (who has what), as of one moment."""
+
+    popularity: np.ndarray  # (k,) P(b) among buying customers
+    confidence: np.ndarray  # (k, k) P(b | a), 0 where a has no buyer
+    lift: np.ndarray  # (k, k) confidence / P(b), 0 where undefined
+    log_lift_smoothed: np.ndarray  # (k, k) log of the smoothed lift, 0 on the diagonal
+    pair_support: np.ndarray  # (k, k) P(a and b)
+
+
+@dataclass(frozen=True)
+class PairFeatures:
+    """(n, k) float32 matrices, one per name in PAIR_NUMERIC."""
+
+    values: dict[str, np.ndarray]
+
+
+_CODES = """
+    cust as (select customer_id, signup_date, birth_year, income, education, marital_status, country,
+                    (row_number() over (order by customer_id) - 1)::integer as ci from customers),
+    cat as (select product_category, (row_number() over (order by product_category) - 1)::integer as ki
+            from (select distinct product_category from products)),
+    lines as (
+        select cust.ci, cat.ki, p.order_id, p.amount, p.purchase_date
+        from purchases p join products pr using (product_id) join cust using (customer_id) join cat using (product_category)
+        {exclude}
+    )"""
+
+
+def _with(exclude: bool) -> str:
+    anti = f"anti join {HIDDEN_VIEW} h on h.ci = cust.ci and h.ki = cat.ki" if exclude else ""
+    return "with " + _CODES.format(exclude=anti)
+
+
+def purchase_span(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """Oldest and newest purchase (None, None without purchases)."""
+    [(first, last)] = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchall()
+    return (pd.Timestamp(first) if first is not None else None, pd.Timestamp(last) if last is not None else None)
+
+
+def load_profiles(
+    conn: duckdb.DuckDBPyConnection,
+    as_of: pd.Timestamp,
+    hidden: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Profiles:
+    """Every customer's profile, metrics and demographics from purchases on or before ``as_of``.
+
+    ``hidden`` (customer index, category index) pairs are left out entirely, as if the customer
+    had never bought that category: the cross-sectional fallback hides one category per customer
+    and asks the model to find it."""
+    categories = [r[0] for r in conn.execute("select distinct product_category from products order by 1").fetchall()]
+    if hidden is not None:
+        conn.register(HIDDEN_VIEW, pd.DataFrame({"ci": hidden[0].astype(np.int32), "ki": hidden[1].astype(np.int32)}))
+    try:
+        prefix = _with(hidden is not None)
+        params = {"as_of": as_of.to_pydatetime()}
+        pairs = conn.execute(
+            prefix
+            + """
+            select ci, ki,
+                   count(distinct order_id) filter (where purchase_date <= $as_of)::integer as orders,
+                   coalesce(sum(amount) filter (where purchase_date <= $as_of), 0)::double as spend,
+                   bool_or(purchase_date > $as_of) as after
+            from lines group by ci, ki""",
+            params,
+        ).fetchnumpy()
+        customer = conn.execute(
+            prefix
+            + """,
+            orders as (select ci, order_id, min(purchase_date) as ordered_at, sum(amount) as order_amount
+                       from lines where purchase_date <= $as_of group by ci, order_id),
+            per as (select ci, count(*) as orders, sum(order_amount) as total_spend,
+                           min(ordered_at) as first_order, max(ordered_at) as last_order
+                    from orders group by ci)
+            select cust.customer_id,
+                   coalesce(per.orders, 0)::double as orders,
+                   coalesce(per.total_spend, 0)::double as total_spend,
+                   case when per.orders > 0
+                        then per.orders / (greatest(date_diff('day', per.first_order, per.last_order), 30) / 30.0)
+                        else 0 end::double as purchase_frequency,
+                   date_diff('day', per.last_order, $as_of)::double as recency_days,
+                   greatest(date_diff('day',
+                        least(coalesce(cust.signup_date, per.first_order), coalesce(per.first_order, cust.signup_date)),
+                        $as_of), 0)::double as tenure_days,
+                   (per.orders > 0 or cust.signup_date <= $as_of) is true as active,
+                   (year($as_of) - cust.birth_year)::double as age,
+                   cust.income::double as income,
+                   cust.education, cust.marital_status, cust.country
+            from cust left join per using (ci)
+            order by cust.ci""",
+            params,
+        ).df()
+    finally:
+        if hidden is not None:
+            conn.unregister(HIDDEN_VIEW)
+
+    n, k = len(customer), len(categories)
+    ci, ki = np.asarray(pairs["ci"], dtype=np.int64), np.asarray(pairs["ki"], dtype=np.int64)
+    orders = np.asarray(pairs["orders"], dtype=np.float64)
+    spend = np.asarray(pairs["spend"], dtype=np.float64)
+    after = np.asarray(pairs["after"], dtype=bool)
+
+    owned = np.zeros((n, k), dtype=bool)
+    owned[ci, ki] = orders > 0
+    bought_after = np.zeros((n, k), dtype=bool)
+    bought_after[ci, ki] = after
+    spend_by_cat = np.zeros((n, k), dtype=np.float64)
+    spend_by_cat[ci, ki] = spend
+    orders_by_cat = np.zeros((n, k), dtype=np.float64)
+    orders_by_cat[ci, ki] = orders
+    total_spend = spend_by_cat.sum(axis=1, keepdims=True)
+    total_orders = customer["orders"].to_numpy()[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spend_share = np.where(total_spend > 0, spend_by_cat / total_spend, 0.0).astype(np.float32)
+        order_share = np.where(total_orders > 0, orders_by_cat / total_orders, 0.0).astype(np.float32)
+    del spend_by_cat, orders_by_cat
+
+    frame = pd.DataFrame(
+        {
+            "log_orders": np.log1p(customer["orders"].to_numpy()),
+            "purchase_frequency": customer["purchase_frequency"].to_numpy(),
+            "log_total_spend": np.log1p(customer["total_spend"].to_numpy()),
+            "log_avg_order_value": np.log1p(
+                np.divide(
+                    customer["total_spend"].to_numpy(), customer["orders"].to_numpy(),
+                    out=np.zeros(n), where=customer["orders"].to_numpy() > 0,
+                )
+            ),
+            "recency_days": customer["recency_days"].to_numpy(dtype=np.float64, na_value=np.nan),
+            "tenure_days": customer["tenure_days"].to_numpy(dtype=np.float64, na_value=np.nan),
+            "categories_owned": owned.sum(axis=1).astype(np.float64),
+            "age": customer["age"].to_numpy(dtype=np.float64, na_value=np.nan),
+            "log_income": np.log1p(customer["income"].to_numpy(dtype=np.float64, na_value=np.nan)),
+        }
+    )
+    frame = frame.astype(np.float32)  # model inputs are float32: half the memory traffic when scoring
+    for column in CUSTOMER_CATEGORICAL:
+        frame[column] = customer[column].astype("category")
+    return Profiles(
+        customer_ids=customer["customer_id"].to_numpy(dtype=object),
+        categories=categories,
+        as_of=as_of,
+        owned=owned,
+        spend_share=spend_share,
+        order_share=order_share,
+        customer=frame,
+        active=customer["active"].to_numpy(dtype=bool),
+        bought_after=bought_after,
+    )
+
+
+def rule_statistics(owned: np.ndarray) -> RuleStatistics:
+    """Popularity, confidence and lift of every category pair, over customers (one matrix product)."""
+    n, k = owned.shape
+    x = owned.astype(np.float32)
+    counts = (x.T @ x).astype(np.float64)
+    has = np.diag(counts).copy()
+    buyers = max(int(owned.any(axis=1).sum()), 1)
+    popularity = has / buyers
+    with np.errstate(divide="ignore", invalid="ignore"):
+        confidence = np.where(has[:, None] > 0, counts / has[:, None], 0.0)
+        lift = np.where(popularity[None, :] > 0, confidence / popularity[None, :], 0.0)
+        # Smoothed towards independence with one pseudo-customer: rare antecedents stay near lift 1.
+        floor = 1.0 / (buyers + 1)
+        smoothed = (counts + np.maximum(popularity, floor)[None, :]) / (has[:, None] + 1.0)
+        log_lift = np.log(smoothed / np.maximum(popularity, floor)[None, :])
+    np.fill_diagonal(confidence, 0.0)
+    np.fill_diagonal(lift, 0.0)
+    np.fill_diagonal(log_lift, 0.0)
+    return RuleStatistics(
+        popularity=popularity, confidence=confidence, lift=lift, log_lift_smoothed=log_lift, pair_support=counts / buyers
+    )
+
+
+def pair_features(profiles: Profiles, rules: RuleStatistics) -> PairFeatures:
+    """The (customer, candidate category) features, as dense (n, k) float32 matrices."""
+    n, k = profiles.shape
+    rule_confidence, _ = strongest_rule(profiles.owned, rules.confidence)
+    rule_lift, _ = strongest_rule(profiles.owned, rules.lift)
+    owned = profiles.owned.astype(np.float32)
+    return PairFeatures(
+        values={
+            "popularity": np.broadcast_to(rules.popularity.astype(np.float32)[None, :], (n, k)),
+            "rule_confidence": rule_confidence,
+            "rule_lift": rule_lift,
+            "log_lift_sum": owned @ rules.log_lift_smoothed.astype(np.float32),
+            "weighted_confidence": profiles.spend_share @ rules.confidence.astype(np.float32),
+        }
+    )
+
+
+def feature_names(categories: list[str]) -> list[str]:
+    """Input columns of the model for a training category list, in order."""
+    return [
+        CANDIDATE, *PAIR_NUMERIC, *CUSTOMER_NUMERIC, *CUSTOMER_CATEGORICAL,
+        *(spend_share_column(c) for c in categories), *(order_share_column(c) for c in categories),
+    ]
+
+
+def design_frame(
+    profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray, model_categories: list[str]
+) -> pd.DataFrame:
+    """The model's input rows for (customer index, category index) pairs.
+
+    Profile columns follow ``model_categories`` (the categories the model was trained on): a
+    category new since training contributes no profile column and is an unknown candidate."""
+    position = {c: i for i, c in enumerate(profiles.categories)}
+    columns: dict[str, object] = {
+        CANDIDATE: pd.Categorical.from_codes(ki, categories=profiles.categories),
+    }
+    for name in PAIR_NUMERIC:
+        columns[name] = pairs.values[name][ci, ki]
+    customer = profiles.customer
+    for name in CUSTOMER_NUMERIC:
+        columns[name] = customer[name].to_numpy()[ci]
+    for name in CUSTOMER_CATEGORICAL:
+        cat = customer[name].array
+        columns[name] = pd.Categorical.from_codes(cat.codes[ci], dtype=cat.dtype)
+    spend = profiles.spend_share[ci]
+    orders = profiles.order_share[ci]
+    zeros = np.zeros(len(ci), dtype=np.float32)
+    for c in model_categories:
+        j = position.get(c)
+        columns[spend_share_column(c)] = spend[:, j] if j is not None else zeros
+    for c in model_categories:
+        j = position.get(c)
+        columns[order_share_column(c)] = orders[:, j] if j is not None else zeros
+    return pd.DataFrame(columns, copy=False)
+
+
+def data_fingerprint(conn: duckdb.DuckDBPyConnection) -> str:
+    """An order-independent fingerprint of everything the model reads (row counts and hash sums)."""
+    [parts] = conn.execute(
+        """select
+             (select count(*) || ':' || coalesce(sum(hash(customer_id, order_id, product_id, purchase_date, quantity, amount)::hugeint), 0)
+              from purchases),
+             (select count(*) || ':' || coalesce(sum(hash(product_id, product_category)::hugeint), 0) from products),
+             (select count(*) || ':' || coalesce(sum(hash(customer_id, signup_date, birth_year, income, education,
+                                                          marital_status, country)::hugeint), 0) from customers)"""
+    ).fetchall()
+    return "|".join(str(p) for p in parts)

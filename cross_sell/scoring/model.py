@@ -1,0 +1,653 @@
+"""The cross-sell model: P(customer buys category b | what we know about them now), learned with
+scikit-learn, calibrated, evaluated against two baselines, persisted and versioned.
+
+**Training examples.** Where the purchase dates allow (a span of at least ``min_span_days`` and at
+least ``min_positives`` first purchases of a category after the cutoff), a *time split*:
+
+* cutoff = oldest purchase + ``cutoff_quantile`` x (newest - oldest purchase), 0.75 by default;
+* features from purchases on or before the cutoff (:mod:`cross_sell.scoring.features`);
+* one row per (customer who existed at the cutoff, category they had not bought by then);
+* label = they bought that category after the cutoff, i.e. in the *label window* that runs to
+  the newest purchase.
+
+Otherwise (e.g. a spend-summary dataset with one as-of date) a *cross-sectional fallback*: for
+every customer with a purchase, one bought category is hidden at random (seeded), the features
+are computed as if it had never been bought, and the label is "this is the hidden category"
+among all the categories the visible profile lacks.
+
+**One pooled model for all categories**, with the candidate category as a feature, rather than
+one model per category: categories share what is common to all of them (active customers adopt
+more categories, at any time), rare categories borrow strength from frequent ones, one
+calibration is fitted on every positive there is, and there is one artifact to version. The
+category-specific signal enters through the candidate category and the pair features (how
+strongly the customer's categories point at the candidate), and gradient-boosted trees learn the
+interactions between them and the profile.
+
+**Pipeline.** ``ColumnTransformer`` (ordinal encoding of the candidate category and the
+demographics, standard scaling of the numbers), then ``HistGradientBoostingClassifier`` (native
+categorical splits and missing values, early stopping on large data); or, on request,
+``logistic`` regression on one-hot codes and median-imputed (with missing-value flags), scaled numbers. Wrapped in ``CalibratedClassifierCV`` (sigmoid by default: it is
+monotone, so it keeps the model's ranking and fixes only the probability scale; isotonic on
+request). On small training sets it is fitted on 3-fold out-of-fold predictions, with the base
+model refit on all training rows (``ensemble=False``); from 50,000 rows on, on a stratified 20 %
+of the training rows the model did not see. Either way scoring runs one model.
+
+**Evaluation.** A seeded ``holdout_share`` of the customers is held out of training entirely; the
+model and the baselines (:mod:`cross_sell.scoring.evaluation`) are scored on their rows. The
+artifact that is evaluated is the artifact that scores.
+
+**Versioning.** version = hash(data fingerprint, parameters, feature code version, scikit-learn
+version). Training is seeded, so the same input and parameters give the same model; a version
+whose artifact already exists is reused, not retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.pipeline import Pipeline
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
+
+from cross_sell.scoring import evaluation as ev
+from cross_sell.scoring.features import (
+    CANDIDATE,
+    CUSTOMER_CATEGORICAL,
+    CUSTOMER_NUMERIC,
+    PAIR_NUMERIC,
+    PairFeatures,
+    Profiles,
+    RuleStatistics,
+    data_fingerprint,
+    design_frame,
+    feature_names,
+    load_profiles,
+    order_share_column,
+    pair_features,
+    purchase_span,
+    rule_statistics,
+    spend_share_column,
+)
+from cross_sell.scoring.logic import rule_scores
+from cross_sell.warehouse import table_exists, transaction
+
+# Bump when the features or the training procedure change, so old artifacts are not reused.
+MODEL_CODE_VERSION = "2"
+TIME_SPLIT = "time_split"
+CROSS_SECTIONAL = "cross_sectional"
+ARTIFACT_PREFIX = "cross_sell_model-"
+REGISTRY_TABLE = "model_registry"
+EVALUATION_TABLE = "model_evaluation"
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Everything that decides the model (all of it enters the version)."""
+
+    cutoff_quantile: float = 0.75
+    min_span_days: int = 28
+    min_positives: int = 20
+    holdout_share: float = 0.25
+    max_train_rows: int = 300_000
+    max_eval_customers: int = 100_000
+    estimator: str = "gradient_boosting"  # or "logistic"
+    calibration: str = "sigmoid"  # or "isotonic"
+    max_iter: int = 50
+    learning_rate: float = 0.2
+    max_leaf_nodes: int = 31
+    l2_regularization: float = 1.0
+    eval_k: int = 3
+    rule_min_support: float = 0.01
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not 0 < self.cutoff_quantile < 1:
+            raise ValueError("cutoff_quantile must be between 0 and 1")
+        if not 0 < self.holdout_share < 1:
+            raise ValueError("holdout_share must be between 0 and 1")
+        if self.estimator not in ("gradient_boosting", "logistic"):
+            raise ValueError("estimator must be 'gradient_boosting' or 'logistic'")
+        if self.calibration not in ("sigmoid", "isotonic"):
+            raise ValueError("calibration must be 'sigmoid' or 'isotonic'")
+        if self.max_train_rows < 100 or self.max_eval_customers < 10 or self.eval_k < 1:
+            raise ValueError("max_train_rows >= 100, max_eval_customers >= 10 and eval_k >= 1 are required")
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Labelled (customer, candidate category) rows with the features they are built from."""
+
+    strategy: str
+    profiles: Profiles
+    rules: RuleStatistics
+    pairs: PairFeatures
+    ci: np.ndarray
+    ki: np.ndarray
+    label: np.ndarray
+    newest_purchase: pd.Timestamp
+    cutoff: pd.Timestamp | None
+    label_window_days: float | None
+    fallback_reason: str | None
+
+
+@dataclass
+class TrainedModel:
+    """A fitted, calibrated model and everything known about how it came to be."""
+
+    estimator: object
+    version: str
+    metadata: dict
+    evaluation: ev.Evaluation | None = None
+    artifact: Path | None = None
+    reused: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.metadata["categories"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data
+
+
+def _seed(params: ModelParams, stream: str) -> np.random.Generator:
+    return np.random.default_rng([params.seed, sum(stream.encode())])
+
+
+def _candidates(profiles: Profiles, label: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer, category, label) for every category each customer in ``rows`` lacks."""
+    mask = np.zeros(profiles.shape[0], dtype=bool)
+    mask[rows] = True
+    candidate = ~profiles.owned & mask[:, None]
+    ci, ki = np.nonzero(candidate)
+    return ci.astype(np.int32), ki.astype(np.int32), label[ci, ki]
+
+
+def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> TrainingSet:
+    """Time split where the dates allow, else the cross-sectional fallback (see module doc)."""
+    first, last = purchase_span(conn)
+    if last is None:
+        raise ValueError("there are no purchases: the cross-sell model has nothing to learn from")
+    span_days = (last - first).total_seconds() / 86400
+    if span_days >= params.min_span_days:
+        cutoff = first + (last - first) * params.cutoff_quantile
+        profiles = load_profiles(conn, cutoff)
+        label = profiles.bought_after & ~profiles.owned
+        ci, ki, y = _candidates(profiles, label, np.flatnonzero(profiles.active))
+        if int(y.sum()) >= params.min_positives:
+            rules = rule_statistics(profiles.owned)
+            return TrainingSet(
+                TIME_SPLIT, profiles, rules, pair_features(profiles, rules), ci, ki, y, last, cutoff,
+                round((last - cutoff).total_seconds() / 86400, 2), None,
+            )
+        reason = (
+            f"only {int(y.sum())} first purchases of a category after the cutoff {cutoff:%Y-%m-%d} "
+            f"(min_positives {params.min_positives})"
+        )
+    else:
+        reason = f"purchase dates span {span_days:.1f} days (min_span_days {params.min_span_days})"
+
+    full = load_profiles(conn, last)
+    owners = np.flatnonzero(full.owned.any(axis=1))
+    keys = np.where(full.owned, _seed(params, "hide").random(full.shape), -1.0)
+    hidden = keys.argmax(axis=1)[owners]
+    profiles = load_profiles(conn, last, hidden=(owners, hidden))
+    label = np.zeros(profiles.shape, dtype=bool)
+    label[owners, hidden] = True
+    ci, ki, y = _candidates(profiles, label, owners)
+    rules = rule_statistics(profiles.owned)
+    return TrainingSet(
+        CROSS_SECTIONAL, profiles, rules, pair_features(profiles, rules), ci, ki, y, last, None, None, reason
+    )
+
+
+def split_customers(training: TrainingSet, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices for training and for evaluation: a seeded share of customers is held out
+    entirely; training rows are subsampled to ``max_train_rows``, evaluation customers to
+    ``max_eval_customers``."""
+    n = training.profiles.shape[0]
+    rng = _seed(params, "split")
+    held_out = rng.random(n) < params.holdout_share
+    has_rows = np.bincount(training.ci, minlength=n) > 0
+    eval_customers = np.flatnonzero(held_out & has_rows)
+    if len(eval_customers) > params.max_eval_customers:
+        eval_customers = np.sort(rng.choice(eval_customers, params.max_eval_customers, replace=False))
+    in_eval = np.zeros(n, dtype=bool)
+    in_eval[eval_customers] = True
+    train_rows = np.flatnonzero(~held_out[training.ci])
+    if len(train_rows) > params.max_train_rows:
+        train_rows = np.sort(rng.choice(train_rows, params.max_train_rows, replace=False))
+    return train_rows, np.flatnonzero(in_eval[training.ci])
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+# Below this many rows the trees fit faster on one thread: OpenMP start-up and hand-offs cost
+# more than they save, and far more on a busy machine.
+SINGLE_THREAD_ROWS = 100_000
+CALIBRATION_HOLDOUT_ROWS = 50_000
+
+
+def _threads(rows: int) -> AbstractContextManager:
+    return threadpool_limits(limits=1, user_api="openmp") if rows < SINGLE_THREAD_ROWS else nullcontext()
+
+
+class CategoryCodes(TransformerMixin, BaseEstimator):
+    """Ordinal codes for text columns, vectorised through pandas' hash tables.
+
+    Does what ``OrdinalEncoder`` does for the trees (NaN for missing and unseen values), but
+    sklearn's encoder maps object arrays value by value in Python, which dominated scoring time at
+    millions of rows. Each column keeps its ``max_categories`` most frequent values (ties by
+    name); rarer ones count as missing, so every feature fits the trees' 255 bins."""
+
+    def __init__(self, max_categories: int = 250):
+        self.max_categories = max_categories
+
+    def fit(self, X: pd.DataFrame, y=None) -> CategoryCodes:
+        frame = pd.DataFrame(X)
+        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
+        self.n_features_in_ = frame.shape[1]
+        self.categories_ = []
+        for column in frame.columns:
+            counts = frame[column].astype(object).value_counts(dropna=True)
+            counts = counts.rename_axis("value").reset_index(name="n").sort_values(["n", "value"], ascending=[False, True])
+            self.categories_.append(sorted(counts["value"].head(self.max_categories).astype(str)))
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        frame = pd.DataFrame(X)
+        out = np.empty((len(frame), len(self.categories_)), dtype=np.float32)
+        for j, (column, known) in enumerate(zip(frame.columns, self.categories_)):
+            values = frame[column]
+            if isinstance(values.dtype, pd.CategoricalDtype):
+                values = values.cat.rename_categories(values.cat.categories.astype(str))
+            else:
+                values = values.astype(object).where(values.notna(), None).astype("string")
+            codes = pd.Categorical(values, categories=known).codes
+            out[:, j] = np.where(codes < 0, np.nan, codes)
+        return out
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        return np.asarray(self.feature_names_in_, dtype=object)
+
+
+def build_pipeline(categories: list[str], params: ModelParams, *, prior_only: bool = False) -> Pipeline:
+    """ColumnTransformer (encoding, imputation, scaling) + classifier, for a training category list."""
+    categorical = [CANDIDATE, *CUSTOMER_CATEGORICAL]
+    numeric = [
+        *PAIR_NUMERIC, *CUSTOMER_NUMERIC,
+        *(spend_share_column(c) for c in categories), *(order_share_column(c) for c in categories),
+    ]
+    if params.estimator == "logistic" and not prior_only:
+        encode = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, sparse_output=False)
+        numbers = Pipeline(
+            [("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+             ("scale", StandardScaler())]
+        )
+        classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=params.seed)
+    else:
+        # Unknown or missing values become NaN, which the trees treat as missing (so the numbers
+        # need no imputation either).
+        encode = CategoryCodes(max_categories=250)
+        numbers = StandardScaler()
+        classifier = HistGradientBoostingClassifier(
+            max_iter=params.max_iter,
+            learning_rate=params.learning_rate,
+            max_leaf_nodes=params.max_leaf_nodes,
+            l2_regularization=params.l2_regularization,
+            categorical_features=list(range(len(categorical))),
+            random_state=params.seed,
+        )
+    if prior_only:
+        classifier = DummyClassifier(strategy="prior")
+    transform = ColumnTransformer(
+        [("categories", encode, categorical), ("numbers", numbers, numeric)], sparse_threshold=0.0
+    )
+    return Pipeline([("features", transform), ("classifier", classifier)])
+
+
+def predict(
+    estimator, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray, categories: list[str],
+    chunk_rows: int = 400_000,
+) -> np.ndarray:
+    """Calibrated probabilities for (customer, category) rows, in memory-bounded chunks."""
+    out = np.empty(len(ci), dtype=np.float64)
+    for start in range(0, len(ci), chunk_rows):
+        stop = min(start + chunk_rows, len(ci))
+        frame = design_frame(profiles, pairs, ci[start:stop], ki[start:stop], categories)
+        with _threads(len(frame)):
+            out[start:stop] = estimator.predict_proba(frame)[:, 1]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _fit(training: TrainingSet, rows: np.ndarray, params: ModelParams) -> tuple[object, str]:
+    """Fit the pipeline and calibrate it. Small training sets: 3-fold cross-validated calibration
+    (the calibrator learns from out-of-fold predictions, the model is then refit on every row).
+    From ``CALIBRATION_HOLDOUT_ROWS`` rows on: one fit on 80 % of the rows and the calibrator on
+    the other 20 % (stratified), which costs one fit instead of four and still leaves tens of
+    thousands of rows for two sigmoid parameters."""
+    categories = training.profiles.categories
+    frame = design_frame(training.profiles, training.pairs, training.ci[rows], training.ki[rows], categories)
+    y = training.label[rows].astype(np.int8)
+    positives, negatives = int(y.sum()), int(len(y) - y.sum())
+    if min(positives, negatives) < 2:
+        # Too little to learn from: a calibrated constant (the observed rate) is the honest answer.
+        return build_pipeline(categories, params, prior_only=True).fit(frame, y), "prior"
+    with _threads(len(frame)):
+        if len(frame) >= CALIBRATION_HOLDOUT_ROWS:
+            fit_rows, calibration_rows = train_test_split(
+                np.arange(len(frame)), test_size=0.2, stratify=y, random_state=params.seed
+            )
+            pipeline = build_pipeline(categories, params).fit(frame.iloc[fit_rows], y[fit_rows])
+            model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=params.calibration)
+            model.fit(frame.iloc[calibration_rows], y[calibration_rows])
+        else:
+            folds = StratifiedKFold(n_splits=min(3, positives, negatives), shuffle=True, random_state=params.seed)
+            model = CalibratedClassifierCV(
+                build_pipeline(categories, params), method=params.calibration, cv=folds, ensemble=False
+            )
+            model.fit(frame, y)
+    return model, params.estimator
+
+
+# ---------------------------------------------------------------------------------------------
+# Train, evaluate, version
+
+
+def model_version(fingerprint: str, params: ModelParams) -> str:
+    """Content hash of the training data, the parameters and the code that turns one into a model."""
+    payload = json.dumps(
+        {"data": fingerprint, "params": asdict(params), "code": MODEL_CODE_VERSION, "sklearn": sklearn.__version__},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def baseline_scores(training: TrainingSet, ci: np.ndarray, ki: np.ndarray, params: ModelParams) -> dict[str, np.ndarray]:
+    """Popularity and affinity-rule scores for (customer, category) rows, from the same snapshot."""
+    rules = training.rules
+    customers, local = np.unique(ci, return_inverse=True)
+    confidence = np.where(rules.pair_support >= params.rule_min_support, rules.confidence, 0.0)
+    by_rules = rule_scores(training.profiles.owned[customers], confidence, rules.popularity).score
+    return {ev.AFFINITY: by_rules[local, ki], ev.POPULARITY: rules.popularity[ki]}
+
+
+def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: str | None = None) -> TrainedModel:
+    """Build the training set, fit and calibrate the model, and evaluate it and the baselines on
+    held-out customers. Reads the warehouse only."""
+    t0 = time.perf_counter()
+    fingerprint = fingerprint or data_fingerprint(conn)
+    version = model_version(fingerprint, params)
+    training = build_training_set(conn, params)
+    train_rows, eval_rows = split_customers(training, params)
+    t1 = time.perf_counter()
+    estimator, kind = _fit(training, train_rows, params)
+    t2 = time.perf_counter()
+    categories = training.profiles.categories
+    eci, eki, ey = training.ci[eval_rows], training.ki[eval_rows], training.label[eval_rows]
+    scores = {ev.MODEL: predict(estimator, training.profiles, training.pairs, eci, eki, categories)}
+    scores.update(baseline_scores(training, eci, eki, params))
+    evaluation = ev.evaluate(scores, eci, eki, ey, categories, params.eval_k)
+    t3 = time.perf_counter()
+    metadata = {
+        "version": version,
+        "trained_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
+        "strategy": training.strategy,
+        "fallback_reason": training.fallback_reason,
+        "estimator": kind,
+        "calibration": params.calibration if kind != "prior" else "none",
+        "cutoff": training.cutoff.isoformat() if training.cutoff is not None else None,
+        "newest_purchase": training.newest_purchase.isoformat(),
+        "label_window_days": training.label_window_days,
+        "customers": int(training.profiles.shape[0]),
+        "categories": categories,
+        "candidate_rows": int(len(training.ci)),
+        "candidate_positives": int(training.label.sum()),
+        "training_rows": int(len(train_rows)),
+        "training_positives": int(training.label[train_rows].sum()),
+        "evaluation_customers": evaluation.customers,
+        "evaluation_rows": evaluation.rows,
+        "evaluation_positives": evaluation.positives,
+        "features": feature_names(categories),
+        "params": asdict(params),
+        "data_fingerprint": fingerprint,
+        "sklearn_version": sklearn.__version__,
+        "model_code_version": MODEL_CODE_VERSION,
+        "summary": evaluation.summary.to_dict(orient="list"),  # column lists: an empty table keeps its columns
+        "by_category": evaluation.by_category.to_dict(orient="list"),
+        "eval_k": evaluation.k,
+        "customers_with_new_category": evaluation.customers_with_new_category,
+    }
+    timings = {"features_s": t1 - t0, "fit_s": t2 - t1, "evaluate_s": t3 - t2}
+    metadata["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    return TrainedModel(estimator=estimator, version=version, metadata=metadata, evaluation=evaluation, timings=timings)
+
+
+def evaluation_from_metadata(metadata: dict) -> ev.Evaluation:
+    """The evaluation stored with an artifact (for a reused model)."""
+    return ev.Evaluation(
+        k=int(metadata["eval_k"]),
+        summary=pd.DataFrame(metadata["summary"]),
+        by_category=pd.DataFrame(metadata["by_category"]),
+        customers=int(metadata["evaluation_customers"]),
+        customers_with_new_category=int(metadata["customers_with_new_category"]),
+        rows=int(metadata["evaluation_rows"]),
+        positives=int(metadata["evaluation_positives"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts and the registry
+
+
+def models_dir(database: str | os.PathLike[str]) -> Path:
+    """Where artifacts live: ``models/`` beside the warehouse file."""
+    if str(database) == ":memory:":
+        raise ValueError("the cross-sell model needs a warehouse file to keep its artifacts beside")
+    return Path(database).resolve().parent / "models"
+
+
+def artifact_path(directory: Path, version: str) -> Path:
+    return directory / f"{ARTIFACT_PREFIX}{version}.joblib"
+
+
+def save(model: TrainedModel, directory: Path) -> Path:
+    """Persist the model and its metadata atomically (write a temporary file, then rename)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = artifact_path(directory, model.version)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    joblib.dump({"estimator": model.estimator, "metadata": model.metadata}, tmp, compress=3)
+    os.replace(tmp, path)
+    model.artifact = path
+    return path
+
+
+def load(path: Path) -> TrainedModel:
+    """A persisted model, ready to score (no training)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model artifact {path} is missing: materialize cross_sell_model to train and save it"
+        )
+    payload = joblib.load(path)
+    metadata = payload["metadata"]
+    return TrainedModel(
+        estimator=payload["estimator"], version=metadata["version"], metadata=metadata,
+        evaluation=evaluation_from_metadata(metadata), artifact=path, reused=True,
+    )
+
+
+def train_or_reuse(
+    conn: duckdb.DuckDBPyConnection, params: ModelParams, directory: Path, *, force: bool = False
+) -> TrainedModel:
+    """Reuse the artifact of this exact version if it exists (same data, same parameters, same
+    code); otherwise train, evaluate and save a new one."""
+    fingerprint = data_fingerprint(conn)
+    path = artifact_path(directory, model_version(fingerprint, params))
+    if path.is_file() and not force:
+        return load(path)
+    model = train(conn, params, fingerprint=fingerprint)
+    save(model, directory)
+    return model
+
+
+_REGISTRY_DDL = f"""
+create table if not exists {REGISTRY_TABLE} (
+    version varchar primary key,
+    is_current boolean not null,
+    trained_at timestamp not null,
+    registered_at timestamp not null,
+    strategy varchar not null,
+    estimator varchar not null,
+    calibration varchar not null,
+    cutoff timestamp,
+    newest_purchase timestamp not null,
+    label_window_days double,
+    customers bigint not null,
+    categories bigint not null,
+    training_rows bigint not null,
+    training_positives bigint not null,
+    evaluation_customers bigint not null,
+    evaluation_positives bigint not null,
+    artifact varchar not null,
+    data_fingerprint varchar not null,
+    features varchar not null,
+    params varchar not null,
+    metadata varchar not null
+)"""
+_EVALUATION_DDL = f"""
+create table if not exists {EVALUATION_TABLE} (
+    version varchar not null,
+    scorer varchar not null,
+    metric varchar not null,
+    category varchar not null,
+    k integer not null,
+    value double
+)"""
+
+
+def register(conn: duckdb.DuckDBPyConnection, model: TrainedModel) -> None:
+    """Record the model (training metadata) and its evaluation in the warehouse and make it the
+    current one, in one transaction."""
+    m = model.metadata
+    rows = model.evaluation.long_format().assign(version=model.version, k=model.evaluation.k)
+    rows = rows[["version", "scorer", "metric", "category", "k", "value"]]
+    with transaction(conn):
+        conn.execute(_REGISTRY_DDL)
+        conn.execute(_EVALUATION_DDL)
+        conn.execute(f"delete from {REGISTRY_TABLE} where version = ?", [model.version])
+        conn.execute(f"delete from {EVALUATION_TABLE} where version = ?", [model.version])
+        conn.execute(
+            f"insert into {REGISTRY_TABLE} values (?, false, ?, now()::timestamp, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                model.version, m["trained_at"], m["strategy"], m["estimator"], m["calibration"], m["cutoff"],
+                m["newest_purchase"], m["label_window_days"], m["customers"], len(m["categories"]),
+                m["training_rows"], m["training_positives"], m["evaluation_customers"], m["evaluation_positives"],
+                str(model.artifact), m["data_fingerprint"], json.dumps(m["features"]), json.dumps(m["params"]),
+                json.dumps({k: v for k, v in m.items() if k not in ("features", "params")}, default=str),
+            ],
+        )
+        conn.execute(f"update {REGISTRY_TABLE} set is_current = (version = ?)", [model.version])
+        conn.register("_model_evaluation_rows", rows)
+        try:
+            conn.execute(f"insert into {EVALUATION_TABLE} select * from _model_evaluation_rows")
+        finally:
+            conn.unregister("_model_evaluation_rows")
+
+
+def current_artifact(conn: duckdb.DuckDBPyConnection, directory: Path) -> Path:
+    """The artifact of the current model, as registered in the warehouse, looked up in
+    ``directory`` (the models folder beside the warehouse, so a moved folder keeps working)."""
+    if not table_exists(conn, REGISTRY_TABLE):
+        raise LookupError("no cross-sell model is registered yet: materialize cross_sell_model first")
+    rows = conn.execute(f"select version from {REGISTRY_TABLE} where is_current").fetchall()
+    if not rows:
+        raise LookupError("no current cross-sell model in model_registry: materialize cross_sell_model first")
+    return artifact_path(directory, rows[0][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores for every customer and category they lack, as of the newest purchase."""
+
+    frame: pd.DataFrame  # customer_id (categorical), product_category (categorical), score
+    profiles: Profiles
+
+
+def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_rows: int = 400_000) -> Scored:
+    """Score every customer x category not yet bought with a trained model (never trains).
+
+    Features are recomputed on all data, as of the newest purchase."""
+    _, last = purchase_span(conn)
+    if last is None:
+        raise ValueError("there are no purchases to score from")
+    profiles = load_profiles(conn, last)
+    pairs = pair_features(profiles, rule_statistics(profiles.owned))
+    ci, ki = np.nonzero(~profiles.owned)
+    ci, ki = ci.astype(np.int32), ki.astype(np.int32)
+    values = predict(model.estimator, profiles, pairs, ci, ki, model.categories, chunk_rows)
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.Categorical.from_codes(ci, categories=profiles.customer_ids),
+            "product_category": pd.Categorical.from_codes(ki, categories=profiles.categories),
+            "score": values,
+        }
+    )
+    return Scored(frame=frame, profiles=profiles)
+
+
+def train_and_score(
+    conn: duckdb.DuckDBPyConnection, params: ModelParams, directory: Path, *, force: bool = False
+) -> tuple[TrainedModel, Scored, dict[str, float]]:
+    """Train (or reuse), save and score, from the warehouse tables: what a benchmark measures.
+    Returns the model, the scores and wall-clock seconds per stage. Writes nothing to the warehouse."""
+    t0 = time.perf_counter()
+    model = train_or_reuse(conn, params, directory, force=force)
+    t1 = time.perf_counter()
+    scored = score(conn, model)
+    t2 = time.perf_counter()
+    return model, scored, {"train_s": t1 - t0, "score_s": t2 - t1, **model.timings}
+
+
+def iter_metadata_lines(model: TrainedModel) -> Iterator[str]:
+    """A short human-readable account of how the model was trained."""
+    m = model.metadata
+    if m["strategy"] == TIME_SPLIT:
+        yield (
+            f"time split: features as of {m['cutoff'][:10]}, label = first purchase of a category in the "
+            f"{m['label_window_days']:.0f} days to {m['newest_purchase'][:10]}"
+        )
+    else:
+        yield f"cross-sectional fallback (one bought category hidden per customer): {m['fallback_reason']}"
+    yield (
+        f"{m['estimator']} + {m['calibration']} calibration on {m['training_rows']:,} rows "
+        f"({m['training_positives']:,} positive); evaluated on {m['evaluation_customers']:,} held-out customers "
+        f"({m['evaluation_rows']:,} rows, {m['evaluation_positives']:,} positive)"
+    )
