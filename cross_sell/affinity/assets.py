@@ -9,6 +9,7 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from cross_sell import contracts
+from cross_sell.affinity import heatmap
 from cross_sell.affinity.logic import RULE_COLUMNS, association_rules
 from cross_sell.quality import gated_publish, output_contract_spec
 from cross_sell.warehouse import connect, encode_pairs, markdown, uri
@@ -66,19 +67,23 @@ def product_affinity(
         rules = pd.concat(frames, ignore_index=True)[RULE_COLUMNS]
         category_rules = rules[rules["level"] == "category"]
         top = category_rules.head(10)[["antecedent", "consequent", "pair_count", "support", "confidence", "lift"]]
-        yield from gated_publish(
-            conn,
-            "product_affinity",
-            contracts.ProductAffinity,
-            rules,
-            {
-                "dagster/uri": uri(duckdb, "product_affinity"),
-                "basis": config.basis,
-                "min_support": config.min_support,
-                "category_rules": len(category_rules),
-                "product_rules": int((rules["level"] == "product").sum()),
-                "transactions": int(category_rules["transactions"].iloc[0]) if len(category_rules) else 0,
-                "max_lift": float(category_rules["lift"].max()) if len(category_rules) else 0.0,
-                "top_pairs_by_lift": dg.MetadataValue.md(markdown(top)),
-            },
-        )
+        picture = heatmap.render_lift_heatmap(category_rules)
+        picture_path = heatmap.figure_path(duckdb.database)
+        with heatmap.staged_file(picture, picture_path):
+            yield from gated_publish(
+                conn,
+                "product_affinity",
+                contracts.ProductAffinity,
+                rules,
+                {
+                    "dagster/uri": uri(duckdb, "product_affinity"),
+                    "basis": config.basis,
+                    "min_support": config.min_support,
+                    "category_rules": len(category_rules),
+                    "product_rules": int((rules["level"] == "product").sum()),
+                    "transactions": int(category_rules["transactions"].iloc[0]) if len(category_rules) else 0,
+                    "max_lift": float(category_rules["lift"].max()) if len(category_rules) else 0.0,
+                    "top_pairs_by_lift": dg.MetadataValue.md(markdown(top)),
+                    **heatmap.metadata(picture, picture_path),
+                },
+            )
