@@ -12,29 +12,44 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cross_sell import automation, slo
 from cross_sell.affinity.assets import product_affinity
 from cross_sell.ingest.assets import gate_checks, landing_assets, publish_inputs, soft_checks
+from cross_sell.landing_files import landing_files_log
 from cross_sell.metrics.assets import customer_category_matrix, customer_metrics
 from cross_sell.resources import default_resources
-from cross_sell.scoring.assets import cross_sell_recommendations, cross_sell_scores
+from cross_sell.scoring.assets import cross_sell_model, cross_sell_recommendations, cross_sell_scores
+from cross_sell.serving.assets import serving_assets, serving_checks
+from cross_sell.slo_report import slo_report
 
 ASSETS = [
     *landing_assets,
     publish_inputs,
+    landing_files_log,
     customer_metrics,
     customer_category_matrix,
     product_affinity,
+    cross_sell_model,
     cross_sell_scores,
     cross_sell_recommendations,
+    slo_report,
+    *serving_assets,
 ]
-CHECKS = [*gate_checks, *soft_checks]
+CHECKS = [*gate_checks, *soft_checks, *serving_checks]
 
 
 def build_definitions(resources: dict | None = None) -> dg.Definitions:
-    """All definitions, with resources from the environment unless given (tests pass their own)."""
+    """All definitions, with resources from the environment unless given (tests pass their own).
+
+    The SLOs (freshness policies, :mod:`cross_sell.slo`) and the automation conditions
+    (:mod:`cross_sell.automation`) are attached here, so each lives in one module.
+    """
     return dg.Definitions(
-        assets=ASSETS,
+        assets=slo.apply_slos(automation.apply_automation(ASSETS)),
         asset_checks=CHECKS,
+        jobs=automation.JOBS,
+        schedules=automation.SCHEDULES,
+        sensors=automation.SENSORS,
         resources=resources if resources is not None else default_resources(),
         executor=dg.in_process_executor,
     )

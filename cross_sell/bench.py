@@ -1,0 +1,223 @@
+"""Benchmark the whole data product at scale: ``python -m cross_sell.bench --purchases 1000000``.
+
+What it does, in order:
+
+1. generates a dataset of the requested size with :mod:`cross_sell.generate` in a child process
+   (so its memory does not count against the graph);
+2. materializes the whole asset graph the way users do, with ``dagster.materialize`` on a fresh
+   DuckDB file, and records each step's wall time from the run's events;
+3. measures the floor: one DuckDB aggregation pass over the same purchase file;
+4. optionally runs mlxtend's ``apriori`` + ``association_rules`` on the same customer x category
+   data, checks that both give the same support, confidence and lift for every pair (to 1e-9),
+   and prints the time ratio against the ``product_affinity`` step.
+
+Figures are printed, never asserted: tests check correctness, this command measures speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from cross_sell.affinity.logic import association_rules
+from cross_sell.resources import InputFiles
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    step: str
+    seconds: float
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generate_in_child(out: Path, *, purchases: int, customers: int, products: int, categories: int, seed: int) -> float:
+    """Generate the dataset in a separate process and return its wall time."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "cross_sell.generate", "--out", str(out), "--purchases", str(purchases),
+         "--customers", str(customers), "--products", str(products), "--categories", str(categories),
+         "--seed", str(seed), "--format", "parquet"],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def step_timings(instance: dg.DagsterInstance, run_id: str) -> list[StepTiming]:
+    """Wall time per step, from the run's STEP_START and STEP_SUCCESS/FAILURE event log entries."""
+    starts: dict[str, float] = {}
+    timings: list[StepTiming] = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            starts[event.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in starts:
+            timings.append(StepTiming(event.step_key, entry.timestamp - starts[event.step_key]))
+    return timings
+
+
+def run_graph(
+    data_dir: Path, warehouse: Path, instance: dg.DagsterInstance
+) -> tuple[dg.ExecuteInProcessResult, float]:
+    """Materialize every asset and check on a fresh warehouse, as a user's run would."""
+    from cross_sell.definitions import ASSETS, CHECKS
+
+    started = time.perf_counter()
+    result = dg.materialize(
+        [*ASSETS, *CHECKS],
+        resources={"duckdb": DuckDBResource(database=str(warehouse)), "input_files": InputFiles(location=str(data_dir))},
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        raise_on_error=False,
+    )
+    return result, time.perf_counter() - started
+
+
+def floor_seconds(data_dir: Path) -> float:
+    """One DuckDB aggregation pass over the purchases: the least any full refresh must cost."""
+    purchase = data_dir / "purchase.parquet"
+    with duckdb.connect() as conn:
+        started = time.perf_counter()
+        conn.execute(
+            f"select customer_id, count(distinct order_id), sum(amount), max(purchase_date) "
+            f"from read_parquet('{purchase}') group by customer_id"
+        ).fetchall()
+        return time.perf_counter() - started
+
+
+def compare_with_mlxtend(warehouse: Path, min_support: float) -> dict[str, float]:
+    """Run mlxtend on the same customer x category data and compare every rule with ours."""
+    from mlxtend.frequent_patterns import apriori
+    from mlxtend.frequent_patterns import association_rules as mlx_rules
+
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        pairs = conn.execute("select customer_id, product_category from customer_category_matrix").df()
+        ours = conn.execute(
+            "select antecedent, consequent, support, confidence, lift from product_affinity where level = 'category'"
+        ).df()
+    customers = pairs["customer_id"].astype("category")
+    categories = pairs["product_category"].astype("category")
+    onehot = np.zeros((len(customers.cat.categories), len(categories.cat.categories)), dtype=bool)
+    onehot[customers.cat.codes.to_numpy(), categories.cat.codes.to_numpy()] = True
+    frame = pd.DataFrame(onehot, columns=list(categories.cat.categories))
+
+    started = time.perf_counter()
+    itemsets = apriori(frame, min_support=min_support, use_colnames=True, max_len=2)
+    rules = mlx_rules(itemsets, metric="support", min_threshold=min_support)
+    mlxtend_seconds = time.perf_counter() - started
+
+    rules = rules[(rules["antecedents"].map(len) == 1) & (rules["consequents"].map(len) == 1)]
+    theirs = pd.DataFrame(
+        {
+            "antecedent": rules["antecedents"].map(lambda s: next(iter(s))),
+            "consequent": rules["consequents"].map(lambda s: next(iter(s))),
+            "support": rules["support"], "confidence": rules["confidence"], "lift": rules["lift"],
+        }
+    )
+    # Our transactions are customers with a purchase, exactly the rows of the one-hot frame.
+    merged = ours.merge(theirs, on=["antecedent", "consequent"], how="outer", suffixes=("", "_mlxtend"), indicator=True)
+    only_one_side = int((merged["_merge"] != "both").sum())
+    both = merged[merged["_merge"] == "both"]
+    max_diff = max(
+        float(np.abs(both[m] - both[f"{m}_mlxtend"]).max()) if len(both) else 0.0 for m in ("support", "confidence", "lift")
+    )
+    return {"mlxtend_seconds": mlxtend_seconds, "rules": float(len(ours)), "unmatched_rules": float(only_one_side),
+            "max_abs_diff": max_diff}
+
+
+def _format_row(cells: list[str], widths: list[int]) -> str:
+    return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [_format_row(header, widths), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join([*lines, *(_format_row(r, widths) for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--purchases", type=int, required=True, help="purchase lines to generate")
+    parser.add_argument("--customers", type=int, default=None, help="default: purchases / 10, within 10k..1M")
+    parser.add_argument("--products", type=int, default=5000)
+    parser.add_argument("--categories", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep data and warehouse here (default: temp, deleted)")
+    parser.add_argument("--no-mlxtend", action="store_true", help="skip the mlxtend comparison")
+    args = parser.parse_args(argv)
+    customers = args.customers or min(max(args.purchases // 10, 10_000), 1_000_000)
+
+    with tempfile.TemporaryDirectory(prefix="cross_sell_bench_") as tmp:
+        work = args.workdir or Path(tmp)
+        data_dir, warehouse = work / "data", work / "bench.duckdb"
+        for leftover in (warehouse, Path(f"{warehouse}.wal")):
+            leftover.unlink(missing_ok=True)
+        print(f"cross_sell benchmark: {args.purchases:,} purchase lines, {customers:,} customers, "
+              f"{args.products:,} products, {args.categories} categories")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+              f"dagster {dg.__version__}, duckdb {duckdb.__version__}")
+        gen = generate_in_child(data_dir, purchases=args.purchases, customers=customers, products=args.products,
+                                categories=args.categories, seed=args.seed)
+        print(f"data generated in {gen:.1f} s (not counted)\n")
+
+        rss_before = peak_rss_bytes()
+        instance = dg.DagsterInstance.ephemeral()
+        result, total = run_graph(data_dir, warehouse, instance)
+        peak = peak_rss_bytes()
+        if not result.success:
+            print("the run FAILED:", [e.step_key for e in result.get_step_failure_events()])
+            return 1
+        timings = step_timings(instance, result.run_id)
+        floor = floor_seconds(data_dir)
+        rows = [[t.step, f"{t.seconds:.2f}", f"{t.seconds / total:.0%}"] for t in timings]
+        print(table(rows, ["step", "wall s", "share"]))
+        print()
+        summary = [
+            ["purchase lines", f"{args.purchases:,}"],
+            ["whole graph wall time", f"{total:.1f} s"],
+            ["throughput", f"{args.purchases / total:,.0f} purchase lines/s"],
+            ["peak RSS (process)", f"{peak / GIB:.2f} GiB (before the run: {rss_before / GIB:.2f} GiB)"],
+            ["floor: one DuckDB aggregation pass", f"{floor:.2f} s"],
+            ["graph / floor", f"{total / floor:.1f}x"],
+        ]
+        if not args.no_mlxtend:
+            affinity_step = next((t.seconds for t in timings if t.step == "product_affinity"), float("nan"))
+            try:
+                cmp = compare_with_mlxtend(warehouse, min_support=0.01)
+            except ImportError:
+                summary.append(["mlxtend", "not installed: pip install -e '.[bench]'"])
+            else:
+                summary += [
+                    ["product_affinity step", f"{affinity_step:.2f} s"],
+                    ["mlxtend apriori + association_rules", f"{cmp['mlxtend_seconds']:.2f} s"],
+                    ["speed-up vs mlxtend", f"{cmp['mlxtend_seconds'] / affinity_step:.1f}x"],
+                    ["rules compared", f"{cmp['rules']:.0f} (unmatched: {cmp['unmatched_rules']:.0f})"],
+                    ["max |difference| support/confidence/lift", f"{cmp['max_abs_diff']:.2e}"],
+                ]
+        print(table(summary, ["figure", "value"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
