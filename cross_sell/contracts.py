@@ -206,7 +206,9 @@ class CrossSellScore(pa.DataFrameModel):
 
     customer_id: Series[str] = pa.Field(description="Business key of the customer.")
     product_category: Series[str] = pa.Field(description="A category the customer has not bought yet.")
-    score: Series[float] = pa.Field(ge=0, le=1, description="Cross-sell opportunity score, 0..1.")
+    score: Series[float] = pa.Field(
+        ge=0, le=1, description="Calibrated probability (0..1) that the customer first buys the category within the model's label window."
+    )
 
     class Config:
         name = "cross_sell_scores"
@@ -220,7 +222,9 @@ class CrossSellRecommendation(pa.DataFrameModel):
     rank: Series[int] = pa.Field(ge=1, description="1 = best opportunity.")
     product_category: Series[str] = pa.Field(description="Recommended category (never one already bought).")
     score: Series[float] = pa.Field(ge=0, le=1, description="Cross-sell opportunity score, 0..1.")
-    reason: Series[str] = pa.Field(description="Why: the strongest affinity rule behind it, or its popularity.")
+    reason: Series[str] = pa.Field(
+        description="Why: the strongest affinity rule behind it (or the category's popularity), then the model's view."
+    )
 
     class Config:
         name = "cross_sell_recommendations"
