@@ -31,10 +31,10 @@ class AffinityConfig(dg.Config):
     """Transactions are customers (bought ever) or single orders (bought together)."""
 
 
-def _relations(basis: str) -> tuple[str, str, str]:
-    """(relation, transaction column) for the chosen basis."""
-    relation = "select p.customer_id, p.order_id, p.product_id, pr.product_category from purchases p join products pr using (product_id)"
-    return relation, "customer_id" if basis == "customer" else "order_id", "product_category"
+PURCHASE_LINES = (
+    "select p.customer_id, p.order_id, p.product_id, pr.product_category "
+    "from purchases p join products pr using (product_id)"
+)
 
 
 @dg.asset(
@@ -54,7 +54,7 @@ def product_affinity(
     bought both (pair count), how common that is (support), how likely a buyer of A is to buy B
     (confidence) and how much A raises the odds of B compared with chance (lift). Marketing reads
     it to plan bundles and cross-sell campaigns; the scores build on it."""
-    relation, tx, _ = _relations(config.basis)
+    relation, tx = PURCHASE_LINES, "customer_id" if config.basis == "customer" else "order_id"
     with connect(duckdb) as conn:
         frames = []
         tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_category")

@@ -46,12 +46,8 @@ class ModelConfig(dg.Config):
     """Retrain even when an artifact of this exact version (same data and parameters) exists."""
 
     def params(self) -> ml.ModelParams:
-        return ml.ModelParams(
-            cutoff_quantile=self.cutoff_quantile, min_span_days=self.min_span_days, min_positives=self.min_positives,
-            holdout_share=self.holdout_share, max_train_rows=self.max_train_rows,
-            max_eval_customers=self.max_eval_customers, estimator=self.estimator, calibration=self.calibration,
-            eval_k=self.eval_k, seed=self.seed,
-        )
+        """The model parameters this run config sets (every field but ``force_retrain``)."""
+        return ml.ModelParams(**self.model_dump(exclude={"force_retrain"}))
 
 
 class RecommendationConfig(dg.Config):
