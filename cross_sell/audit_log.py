@@ -25,6 +25,7 @@ create table if not exists {AUDIT_SCHEMA}.gate_log (
     dataset varchar, load_id varchar, gate varchar, passed boolean, failing bigint,
     evaluated_at timestamp, run_id varchar);
 alter table {AUDIT_SCHEMA}.gate_log add column if not exists basis varchar;
+alter table {AUDIT_SCHEMA}.load_log add column if not exists input_format varchar default 'canonical';
 """
 
 
@@ -36,15 +37,28 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
-def record_load(conn: duckdb.DuckDBPyConnection, dataset: str, rows: int, source: str, run_id: str) -> str:
+def record_load(
+    conn: duckdb.DuckDBPyConnection, dataset: str, rows: int, source: str, run_id: str, input_format: str = "canonical"
+) -> str:
     """Register a new load of ``dataset`` into the audit schema and return its id."""
     ensure_tables(conn)
     load_id = uuid.uuid4().hex
     conn.execute(
-        f"insert into {AUDIT_SCHEMA}.load_log values (?, ?, ?, ?, ?, ?)",
-        [dataset, load_id, _now(), rows, source, run_id],
+        f"insert into {AUDIT_SCHEMA}.load_log (dataset, load_id, loaded_at, row_count, source, run_id, input_format) "
+        "values (?, ?, ?, ?, ?, ?, ?)",
+        [dataset, load_id, _now(), rows, source, run_id, input_format],
     )
     return load_id
+
+
+def current_format(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    """The input format the current audit load of ``dataset`` was read in (canonical if none)."""
+    ensure_tables(conn)
+    row = conn.execute(
+        f"select input_format from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1",
+        [dataset],
+    ).fetchone()
+    return (row[0] if row else None) or "canonical"
 
 
 def current_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:

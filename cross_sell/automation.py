@@ -90,6 +90,11 @@ def purchase_landing_sensor(context: dg.SensorEvaluationContext, input_files: In
     landing_dir = input_files.landing_path()
     if landing_dir is None:
         return dg.SensorResult(skip_reason=dg.SkipReason("no landing folder configured"), cursor=context.cursor)
+    if input_files.input_format != "canonical":
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"landing files hold canonical purchase lines; the input format is {input_files.input_format}"),
+            cursor=context.cursor,
+        )
     tick = landing_files.next_tick(landing_dir, context.cursor)
     if not tick.new:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}"), cursor=tick.cursor)

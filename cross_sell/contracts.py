@@ -11,7 +11,7 @@ for inspection, are listed in the landing metadata, and are not published.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -116,6 +116,13 @@ class Purchase(pa.DataFrameModel):
         name = "purchase"
 
 
+def purchase_contract(unknown: Sequence[str] = ()) -> pa.DataFrameSchema:
+    """The purchase contract for inputs whose format cannot fill the ``unknown`` columns (e.g.
+    ``amount`` for a basket log without prices): those may be null; every other rule holds."""
+    schema = Purchase.to_schema()
+    return schema.update_columns({c: {"nullable": True} for c in unknown}) if unknown else schema
+
+
 # The custom checks above in SQL, for the in-warehouse gate engine (cross_sell.quality_sql):
 # each maps the typed column expression to a predicate that is true for passing values.
 SQL_CHECKS: dict[str, Callable[[str], str]] = {
@@ -134,20 +141,31 @@ class CustomerMetrics(pa.DataFrameModel):
     """One row per customer: the frequency, spend and value metrics of the data product."""
 
     customer_id: Series[str] = pa.Field(unique=True, description="Business key of the customer.")
-    orders: Series[int] = pa.Field(ge=0, description="Distinct orders placed, all time.")
-    purchase_frequency: Series[float] = pa.Field(
-        ge=0, description="Distinct orders per 30 days of the customer's active window (first to last purchase, at least 30 days)."
+    orders: Series[pd.Int64Dtype] = pa.Field(
+        ge=0, nullable=True, coerce=True, description="Distinct orders placed, all time (null when the inputs have no orders)."
     )
-    total_spend: Series[float] = pa.Field(ge=0, description="Sum of line amounts, all time.")
-    avg_order_value: Series[float] = pa.Field(ge=0, description="total_spend / orders (0 without orders).")
+    purchase_frequency: Series[float] = pa.Field(
+        ge=0, nullable=True,
+        description="Distinct orders per 30 days of the customer's active window (first to last purchase, at least 30 days); "
+        "null when the inputs have no orders or no purchase dates.",
+    )
+    total_spend: Series[float] = pa.Field(
+        ge=0, nullable=True, description="Sum of line amounts, all time (null when the inputs have no prices)."
+    )
+    avg_order_value: Series[float] = pa.Field(
+        ge=0, nullable=True, description="total_spend / orders (0 without orders; null when either is unavailable)."
+    )
     recency_days: Series[float] = pa.Field(
-        nullable=True, ge=0, description="Days from the last purchase to the data's as-of date (null without orders)."
+        nullable=True, ge=0,
+        description="Days from the last purchase to the data's as-of date (null without orders or purchase dates).",
     )
     tenure_days: Series[float] = pa.Field(
         nullable=True, ge=0, description="Days from signup (or first purchase, if earlier) to the as-of date."
     )
     clv: Series[float] = pa.Field(
-        ge=0, description="Predicted lifetime value: avg_order_value x orders per year x horizon years x exp(-recency_days/365)."
+        ge=0, nullable=True,
+        description="Predicted lifetime value: avg_order_value x orders per year x horizon years x exp(-recency_days/365); "
+        "null when the inputs have no prices, orders or purchase dates.",
     )
 
     class Config:
@@ -159,11 +177,21 @@ class CustomerCategory(pa.DataFrameModel):
 
     customer_id: Series[str] = pa.Field(description="Business key of the customer.")
     product_category: Series[str] = pa.Field(description="A category the customer has bought.")
-    orders: Series[int] = pa.Field(gt=0, description="Distinct orders containing the category.")
-    quantity: Series[int] = pa.Field(gt=0, description="Units bought in the category.")
-    spend: Series[float] = pa.Field(ge=0, description="Amount spent in the category.")
-    first_purchase: Series[pd.Timestamp] = pa.Field(description="First purchase in the category.")
-    last_purchase: Series[pd.Timestamp] = pa.Field(description="Latest purchase in the category.")
+    orders: Series[pd.Int64Dtype] = pa.Field(
+        gt=0, nullable=True, coerce=True, description="Distinct orders containing the category (null when the inputs have no orders)."
+    )
+    quantity: Series[pd.Int64Dtype] = pa.Field(
+        gt=0, nullable=True, coerce=True, description="Units bought in the category (null when the inputs have no quantities)."
+    )
+    spend: Series[float] = pa.Field(
+        ge=0, nullable=True, description="Amount spent in the category (null when the inputs have no prices)."
+    )
+    first_purchase: Series[pd.Timestamp] = pa.Field(
+        nullable=True, description="First purchase in the category (null when lines carry no purchase dates)."
+    )
+    last_purchase: Series[pd.Timestamp] = pa.Field(
+        nullable=True, description="Latest purchase in the category (null when lines carry no purchase dates)."
+    )
 
     class Config:
         name = "customer_category_matrix"

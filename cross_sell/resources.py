@@ -6,17 +6,23 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cross_sell import settings
-
-INPUT_FORMATS = ("canonical",)
+from cross_sell.ingest.formats import FORMAT_NAMES, InputFormat, get_format
+from cross_sell.ingest.source import AdapterOptions
 
 
 class InputFiles(dg.ConfigurableResource):
     """Where the product reads its customer, product and purchase inputs, and in which layout."""
 
     location: str
+    """Folder of the inputs; for an adapter format also a single file (see :mod:`cross_sell.ingest.formats`)."""
     input_format: str = "canonical"
+    """Layout of the inputs: ``canonical``, ``spend_summary`` or ``basket_log``."""
     landing_location: str | None = None
     """Folder where new purchase files are dropped between full refreshes (None: no landing folder)."""
+    date_format: str = "%d-%m-%Y"
+    """strptime format of the dates in an adapter format's source (canonical inputs are ISO 8601)."""
+    as_of_date: str | None = None
+    """spend_summary: the date the summary was taken (default: the newest signup date in it)."""
 
     def path(self) -> Path:
         return Path(self.location)
@@ -24,12 +30,15 @@ class InputFiles(dg.ConfigurableResource):
     def landing_path(self) -> Path | None:
         return Path(self.landing_location) if self.landing_location else None
 
-    def checked_format(self) -> str:
-        if self.input_format not in INPUT_FORMATS:
-            raise ValueError(
-                f"input_format {self.input_format!r} is not supported; choose one of {', '.join(INPUT_FORMATS)}"
-            )
-        return self.input_format
+    def checked_format(self) -> InputFormat:
+        """The configured input format; raises ValueError naming the supported ones."""
+        return get_format(self.input_format)
+
+    def adapter_options(self) -> AdapterOptions:
+        return AdapterOptions(date_format=self.date_format, as_of_date=self.as_of_date)
+
+
+INPUT_FORMATS = FORMAT_NAMES
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

@@ -279,6 +279,7 @@ def test_project_gates_are_blocking() -> None:
         ("audit/products", "contract"),
         ("audit/purchases", "contract"),
         ("audit/purchases", "referential_integrity"),
+        ("audit/purchases", "source_rules"),
     }
     assert all(s.blocking for s in specs)
     assert output_contract_spec("cross_sell_scores", contracts.CrossSellScore).blocking

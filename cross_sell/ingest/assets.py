@@ -11,13 +11,16 @@ from dataclasses import dataclass
 
 import dagster as dg
 import duckdb
+import pandas as pd
 import pandera.pandas as pa
 from dagster_duckdb import DuckDBResource
 from duckdb import Error as DuckDBError
 
 from cross_sell import audit_log, contracts, landing_files
-from cross_sell.ingest.landing import InputMissingError, find_files, land, rejects_as_failure_cases_sql
-from cross_sell.quality import build_gate_check, check_result, GateReport
+from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql
+from cross_sell.ingest.landing import InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
+from cross_sell.ingest.source import SourceLayoutError, source_table
+from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
 from cross_sell.resources import InputFiles
 from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_tables, row_count, transaction, uri
 
@@ -25,6 +28,7 @@ OWNER = "team:data-platform"
 GROUP = "ingest"
 CONTRACT_GATE = "contract"
 REFERENCES_GATE = "referential_integrity"
+SOURCE_RULES_GATE = "source_rules"
 ROW_COUNT_DROP = "row_count_drop"
 MAX_ROW_COUNT_DROP = 0.5
 
@@ -43,7 +47,7 @@ class Dataset:
 
     @property
     def gates(self) -> list[str]:
-        return [CONTRACT_GATE, REFERENCES_GATE] if self.table == "purchases" else [CONTRACT_GATE]
+        return [CONTRACT_GATE, REFERENCES_GATE, SOURCE_RULES_GATE] if self.table == "purchases" else [CONTRACT_GATE]
 
 
 CUSTOMERS = Dataset("customers", contracts.Customer, "Everyone who can buy from the shop, with demographics and PII.")
@@ -75,32 +79,60 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
     def _land(
         context: dg.AssetExecutionContext, config: LandingConfig, duckdb: DuckDBResource, input_files: InputFiles
     ) -> dg.MaterializeResult:
-        input_files.checked_format()
         try:
-            files = find_files(input_files.path(), ds.table)
+            input_format = input_files.checked_format()
+        except ValueError as exc:
+            raise dg.Failure(description=str(exc), metadata={"rule": "input_format_supported"}) from exc
+        adapter = input_format.land[ds.table] if input_format.land else None
+        try:
+            files = find_source_files(input_files.path()) if adapter else find_files(input_files.path(), ds.table)
         except InputMissingError as exc:
             raise dg.Failure(description=f"Input missing for {ds.table}: {exc}", metadata={"rule": "input_present"}) from exc
+        if adapter and config.landing_files:
+            raise dg.Failure(
+                description=f"landing files hold canonical purchase lines; the input format is {input_format.name}",
+                metadata={"rule": "landing_files_canonical_only"},
+            )
+        findings = []
         with connect(duckdb) as conn, transaction(conn):
             try:
-                report = land(conn, ds.table, files, contracts.column_names(ds.contract))
-                if ds is PURCHASES:  # plus accepted and new landing-folder files, upserted by purchase_id
+                if adapter:
+                    report, findings = adapter(conn, files, input_files.adapter_options())
+                else:
+                    report = land(conn, ds.table, files, contracts.column_names(ds.contract))
+                if ds is PURCHASES and not adapter:  # plus accepted and new landing-folder files, upserted by purchase_id
                     report = landing_files.add_landed_files(
                         conn, report, input_files.landing_path(), config.landing_files,
                         contracts.column_names(ds.contract), context.run.run_id,
                     )
                 elif config.landing_files:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
+            except SourceLayoutError as exc:
+                raise dg.Failure(
+                    description=f"{ds.table}: {exc}",
+                    metadata={"rule": "source_layout", "input_format": input_format.name, "files": [str(f) for f in files]},
+                ) from exc
             except (InputMissingError, DuckDBError, ValueError) as exc:
                 raise dg.Failure(
                     description=f"Could not read {ds.table} input ({', '.join(f.name for f in files)}): {exc}",
                     metadata={"rule": "readable_input", "files": [str(f) for f in files]},
                 ) from exc
-            audit_log.record_load(conn, ds.table, report.rows, ", ".join(map(str, report.files)), context.run.run_id)
+            audit_log.record_load(
+                conn, ds.table, report.rows, ", ".join(map(str, report.files)), context.run.run_id, input_format.name
+            )
             preview = conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 5").df()
         if report.extra_columns:
             context.log.warning(f"{ds.table}: columns outside the contract are kept in audit only: {report.extra_columns}")
+        for finding in findings:
+            context.log.info(f"{ds.table}: {finding.rule} on {finding.column}: {finding.count} ({finding.action})")
+        adapter_metadata = {
+            "source_rules_applied": dg.MetadataValue.json([f.as_dict() for f in findings]),
+            "source_rules_table": dg.MetadataValue.md(markdown(pd.DataFrame([f.as_dict() for f in findings]))),
+        } if adapter else {}
         return dg.MaterializeResult(
             metadata={
+                "input_format": input_format.name,
+                **adapter_metadata,
                 "dagster/row_count": report.rows,
                 "dagster/uri": uri(duckdb, ds.table, AUDIT_SCHEMA),
                 "source_files": [str(f) for f in report.files],
@@ -115,12 +147,19 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
     return _land
 
 
+def purchase_contract_for_load(conn: duckdb.DuckDBPyConnection) -> pa.DataFrameSchema:
+    """The purchase contract for the format of the current purchase load: the columns that
+    format cannot fill (e.g. ``amount`` in a basket log) may be null; every other rule holds."""
+    input_format = get_format(audit_log.current_format(conn, PURCHASES.table))
+    return contracts.purchase_contract(input_format.capabilities.unknown_purchase_columns())
+
+
 def _contract_gate(ds: Dataset) -> dg.AssetChecksDefinition:
     return build_gate_check(
         asset=ds.audit_key,
         name=CONTRACT_GATE,
         dataset=ds.table,
-        contract=ds.contract,
+        contract=purchase_contract_for_load if ds is PURCHASES else ds.contract,
         table=f"{AUDIT_SCHEMA}.{ds.table}",  # validated in the warehouse: one scan, any size
         extra_failures_sql=rejects_as_failure_cases_sql(ds.table),
         description=(
@@ -160,6 +199,41 @@ references_gate = build_gate_check(
     require_rows=False,  # an empty purchase input is the contract gate's finding, not a broken reference
     description="Blocking gate: every purchase names a customer and a product that exist in the same load.",
 )
+
+
+@dg.asset_check(
+    asset=PURCHASES.audit_key,
+    name=SOURCE_RULES_GATE,
+    blocking=True,
+    pool="duckdb",
+    description=(
+        "Blocking gate: the source file meets the validity rules of its own layout before it is mapped. "
+        "spend_summary: invalid_count(<spend column>) = 0 for every Mnt* column (a number, present, >= 0); "
+        "basket_log: every row names a customer, a date and an item; canonical: nothing beyond the contract."
+    ),
+)
+def source_rules(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    table = f"{AUDIT_SCHEMA}.{source_table(PURCHASES.table)}"
+    extra: dict[str, object] = {}
+    try:
+        with connect(duckdb) as conn:
+            input_format = get_format(audit_log.current_format(conn, PURCHASES.table))
+            extra["input_format"] = input_format.name
+            if input_format.source_contract is None:  # canonical: the contract gate is the whole rule set
+                report = GateReport(f"{input_format.name}_source", row_count(conn, PURCHASES.table, AUDIT_SCHEMA) or 0)
+            else:
+                columns = [r[0] for r in conn.execute(f"describe {table}").fetchall()]
+                schema = input_format.source_contract(columns)
+                report = validate_table(conn, table, schema)
+                counts = report.counts()
+                extra.update({f"invalid_count({c})": sum(by_column.get(c, 0) for by_column in counts.values())
+                              for c in schema.columns})
+            audit_log.record_gate(conn, PURCHASES.table, SOURCE_RULES_GATE, report.passed, report.failing_count, context.run.run_id)
+    except Exception as exc:  # always return a result: no result would mean no block
+        report = GateReport(contract=SOURCE_RULES_GATE, rows_checked=0, error=f"{type(exc).__name__}: {exc}")
+    log = context.log.info if report.passed else context.log.error
+    log(f"Gate {PURCHASES.audit_key.to_user_string()}:{SOURCE_RULES_GATE}: {report.summary()}")
+    return check_result(report, extra_metadata=extra)
 
 
 def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
@@ -234,17 +308,29 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
                 + "; ".join(f"{t}: {', '.join(g)}" for t, g in missing.items()),
                 metadata={"gates_not_passed": dg.MetadataValue.json(missing)},
             )
-        counts = replace_tables(conn, {ds.table: typed_select(conn, ds) for ds in DATASETS})
+        formats = {ds.table: audit_log.current_format(conn, ds.table) for ds in DATASETS}
+        if len(set(formats.values())) > 1:
+            raise dg.Failure(
+                description="Refusing to publish: the current audit loads were read in different input formats: "
+                + ", ".join(f"{t}: {f}" for t, f in formats.items()) + ". Land all three again in one format.",
+                metadata={"input_formats": dg.MetadataValue.json(formats)},
+            )
+        input_format = formats[PURCHASES.table]
+        counts = replace_tables(
+            conn,
+            {**{ds.table: typed_select(conn, ds) for ds in DATASETS}, FORMAT_TABLE: publish_format_sql(input_format)},
+        )
         span = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchone()
         loads = {ds.table: audit_log.current_load(conn, ds.table) for ds in DATASETS}
     for ds in DATASETS:
         metadata = {"dagster/row_count": counts[ds.table], "dagster/uri": uri(duckdb, ds.table), "load_id": loads[ds.table]}
         if ds is PURCHASES:
+            metadata["input_format"] = input_format
             metadata["first_purchase"] = str(span[0])
             metadata["newest_purchase"] = str(span[1])
         yield dg.MaterializeResult(asset_key=ds.table, metadata=metadata)
 
 
 landing_assets = [_landing_asset(ds) for ds in DATASETS]
-gate_checks = [_contract_gate(ds) for ds in DATASETS] + [references_gate]
+gate_checks = [_contract_gate(ds) for ds in DATASETS] + [references_gate, source_rules]
 soft_checks = [_row_count_drop_check(ds) for ds in DATASETS]

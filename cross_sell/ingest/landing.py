@@ -81,7 +81,7 @@ class InputUnreadableError(ValueError):
 MAX_HEADER_BYTES = 1 << 20
 
 
-def csv_header(path: Path) -> list[str]:
+def csv_header(path: Path, delimiter: str = ",") -> list[str]:
     """The column names in a CSV file's first line (UTF-8, a BOM is allowed).
 
     Names are stripped of surrounding spaces; a blank name becomes ``column<N>`` (its position).
@@ -98,30 +98,31 @@ def csv_header(path: Path) -> list[str]:
         raise InputUnreadableError(f"{path.name}: the header line is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if not text.strip():
         raise InputUnreadableError(f"{path.name}: the first line is empty; expected a header row with the column names")
-    names = [name.strip() or f"column{i}" for i, name in enumerate(next(csv.reader([text.rstrip("\r\n")])))]
+    names = [name.strip() or f"column{i}" for i, name in enumerate(next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter)))]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InputUnreadableError(f"{path.name}: the header repeats column names: {', '.join(repeated)}")
     return names
 
 
-def _csv_scan(files: list[Path], columns: list[str], n: int) -> str:
+def _csv_scan(files: list[Path], columns: list[str], n: int, delimiter: str) -> str:
     """One strict CSV scan: the header's names, every value as text, unparseable lines to rejects.
 
-    The dialect is fixed (no sniffing): comma, double quote (doubled to escape), header row, UTF-8.
+    The dialect is fixed (no sniffing): the given delimiter (comma unless an input format says
+    otherwise), double quote (doubled to escape), header row, UTF-8.
     Sniffing gives up on a file with an unbalanced quote; a fixed dialect instead rejects exactly
     the broken line(s), which then fail the gate with their line number.
     """
     struct = "{" + ", ".join(f"{_sql_text(c)}: 'VARCHAR'" for c in columns) + "}"
     return (
         f"select * exclude (filename), filename as _source_file from read_csv({_sql_list(files)}, "
-        f"columns = {struct}, auto_detect = false, header = true, delim = ',', quote = '\"', escape = '\"', "
+        f"columns = {struct}, auto_detect = false, header = true, delim = {_sql_text(delimiter)}, quote = '\"', escape = '\"', "
         "all_varchar = true, filename = true, store_rejects = true, "
         f"rejects_table = 'reject_errors_{n}', rejects_scan = 'reject_scans_{n}')"
     )
 
 
-def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[str, list[str]]:
+def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], delimiter: str = ",") -> tuple[str, list[str]]:
     """SQL text of a relation with every column as VARCHAR and the source file name, and the
     SELECTs of the rejected lines of each CSV scan."""
     empty = [p for p in files if p.stat().st_size == 0]
@@ -136,11 +137,11 @@ def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[
         raise ValueError("a dataset folder must hold either CSV or Parquet files, not both")
     by_header: dict[tuple[str, ...], list[Path]] = {}
     for path in files:  # one header read per file, never per row
-        by_header.setdefault(tuple(csv_header(path)), []).append(path)
+        by_header.setdefault(tuple(csv_header(path, delimiter)), []).append(path)
     scans, rejects = [], []
     for n, (columns, group) in enumerate(by_header.items()):
         conn.execute(f"drop table if exists reject_errors_{n}; drop table if exists reject_scans_{n}")
-        scans.append(_csv_scan(group, list(columns), n))
+        scans.append(_csv_scan(group, list(columns), n, delimiter))
         rejects.append(
             "select s.file_path as file, e.line, e.column_name, e.error_type, e.csv_line, e.error_message "
             f"from reject_errors_{n} e join reject_scans_{n} s using (scan_id, file_id)"
@@ -149,20 +150,28 @@ def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[
 
 
 def land(
-    conn: duckdb.DuckDBPyConnection, table: str, files: list[Path], contract_columns: list[str]
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    files: list[Path],
+    contract_columns: list[str],
+    *,
+    delimiter: str = ",",
+    rejects_table: str | None = None,
 ) -> LandingReport:
-    """Replace ``audit.<table>`` with the files' rows (all text) and ``audit.<table>_rejects``
-    with the lines that could not be parsed. Runs in the caller's transaction."""
-    relation, reject_selects = _read_relation(conn, files)
+    """Replace ``audit.<table>`` with the files' rows (all text) and ``audit.<rejects_table>``
+    (default ``<table>_rejects``) with the lines that could not be parsed. Runs in the caller's
+    transaction."""
+    rejects_table = rejects_table or f"{table}_rejects"
+    relation, reject_selects = _read_relation(conn, files, delimiter)
     conn.execute(f"create schema if not exists {AUDIT_SCHEMA}")
     conn.execute(f"create or replace table {AUDIT_SCHEMA}.{table} as {relation}")
     rejects_select = " union all ".join(reject_selects) or (
         "select null::varchar as file, null::bigint as line, null::varchar as column_name, "
         "null::varchar as error_type, null::varchar as csv_line, null::varchar as error_message where false"
     )
-    conn.execute(f"create or replace table {AUDIT_SCHEMA}.{table}_rejects as {rejects_select}")
+    conn.execute(f"create or replace table {AUDIT_SCHEMA}.{rejects_table} as {rejects_select}")
     rows = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}").fetchone()[0])
-    rejected = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}_rejects").fetchone()[0])
+    rejected = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{rejects_table}").fetchone()[0])
     columns = [c for c in table_columns(conn, table, AUDIT_SCHEMA) if c != "_source_file"]
     return LandingReport(
         table=table,
@@ -186,3 +195,36 @@ def rejects_as_failure_cases_sql(table: str) -> str:
         f"null::bigint as index "
         f"from {AUDIT_SCHEMA}.{table}_rejects order by file, line"
     )
+
+
+SOURCE_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".parquet")
+
+
+def find_source_files(location: Path) -> list[Path]:
+    """The file(s) an input format other than ``canonical`` reads: ``location`` itself when it
+    names a file, else every data file directly in the folder (sorted; they are read as one)."""
+    if location.is_file():
+        return [location]
+    if not location.is_dir():
+        raise InputMissingError(f"input location does not exist: {location}")
+    files = sorted(p for p in location.iterdir() if p.is_file() and p.name.lower().endswith(SOURCE_SUFFIXES))
+    if not files:
+        raise InputMissingError(f"no data file in {location}: looked for {', '.join('*' + s for s in SOURCE_SUFFIXES)}")
+    return files
+
+
+def detect_delimiter(path: Path) -> str:
+    """The field separator of a delimited text file, from its header line only: TAB when the
+    header holds a TAB, else ``;`` when it holds semicolons and no comma, else a comma."""
+    if path.name.endswith(".parquet"):
+        return ","
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
+            first = handle.readline(MAX_HEADER_BYTES).decode("utf-8-sig", errors="replace")
+    except (OSError, EOFError) as exc:
+        raise InputUnreadableError(f"{path.name}: cannot be read ({exc})") from exc
+    if "\t" in first:
+        return "\t"
+    if ";" in first and "," not in first:
+        return ";"
+    return ","

@@ -6,7 +6,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cross_sell import contracts
-from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql
+from cross_sell.ingest.formats import published_capabilities
+from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql, unavailable_metrics
 from cross_sell.quality import gated_publish, output_contract_spec
 from cross_sell.warehouse import connect, markdown, uri
 
@@ -37,22 +38,28 @@ def customer_metrics(
     order value), how recently and how long they have been buying, and their predicted lifetime
     value: the key customer metrics of the data product, one row per customer."""
     with connect(duckdb) as conn:
-        df = conn.execute(customer_metrics_sql(config.clv_horizon_years)).df()
-        top = df.nlargest(10, "clv")[["customer_id", "orders", "total_spend", "clv"]]
-        yield from gated_publish(
-            conn,
-            "customer_metrics",
-            contracts.CustomerMetrics,
-            df,
-            {
-                "dagster/uri": uri(duckdb, "customer_metrics"),
-                "buying_customers": int((df["orders"] > 0).sum()),
-                "total_spend": float(df["total_spend"].sum()),
-                "median_purchase_frequency": float(df.loc[df["orders"] > 0, "purchase_frequency"].median() or 0),
-                "mean_clv": float(df["clv"].mean()) if len(df) else 0.0,
-                "top_customers_by_clv": dg.MetadataValue.md(markdown(top)),
-            },
-        )
+        input_format, caps = published_capabilities(conn)
+        unavailable = unavailable_metrics(caps)
+        df = conn.execute(customer_metrics_sql(config.clv_horizon_years, caps)).df()
+        buyers = conn.execute("select count(distinct customer_id) from purchases").fetchall()[0][0]
+        rank_by = next((m for m in ("clv", "total_spend", "orders") if m not in unavailable), "customer_id")
+        top = df.sort_values(rank_by, ascending=False).head(10)[["customer_id", "orders", "total_spend", "clv"]]
+        metadata: dict = {
+            "dagster/uri": uri(duckdb, "customer_metrics"),
+            "input_format": input_format,
+            "buying_customers": int(buyers),
+            "unavailable_metrics": dg.MetadataValue.json(unavailable),
+            f"top_customers_by_{rank_by}": dg.MetadataValue.md(markdown(top)),
+        }
+        if "total_spend" not in unavailable:
+            metadata["total_spend"] = float(df["total_spend"].sum())
+        if "purchase_frequency" not in unavailable:
+            metadata["median_purchase_frequency"] = float(df.loc[df["orders"] > 0, "purchase_frequency"].median() or 0)
+        if "clv" not in unavailable:
+            metadata["mean_clv"] = float(df["clv"].mean()) if len(df) else 0.0
+        for metric, reason in unavailable.items():
+            context.log.info(f"customer_metrics.{metric} is unavailable (null): {reason}")
+        yield from gated_publish(conn, "customer_metrics", contracts.CustomerMetrics, df, metadata)
 
 
 @dg.asset(
@@ -67,7 +74,8 @@ def customer_category_matrix(context: dg.AssetExecutionContext, duckdb: DuckDBRe
     """Which categories each customer has bought, with orders, units and spend per category:
     the customer profile that affinity rules and cross-sell scores are computed from."""
     with connect(duckdb) as conn:
-        conn.execute(f"create or replace table customer_category_matrix as {customer_category_sql()}")
+        _, caps = published_capabilities(conn)
+        conn.execute(f"create or replace table customer_category_matrix as {customer_category_sql(caps)}")
         rows, customers, categories = conn.execute(
             "select count(*), count(distinct customer_id), count(distinct product_category) from customer_category_matrix"
         ).fetchone()

@@ -15,13 +15,52 @@ Definitions (also in the README):
   (a customer silent for a year keeps 37% of their expected value). ``horizon_years`` defaults to 3.
 
 Customers without purchases are kept, with zero orders, spend and value.
+
+A metric whose facts the input format does not carry (see
+:class:`cross_sell.ingest.formats.Capabilities`) is null for every customer, never estimated:
+a basket log has no prices, so no spend, order value or lifetime value; a spend summary has no
+orders or line dates, so no order counts, frequency, recency or lifetime value.
 """
 
 from __future__ import annotations
 
+from cross_sell.ingest.formats import Capabilities
 
-def customer_metrics_sql(horizon_years: float = 3.0) -> str:
+
+def unavailable_metrics(caps: Capabilities) -> dict[str, str]:
+    """Metric -> why it is null for every customer, for inputs with these capabilities."""
+    reasons = {
+        "prices": "the inputs have no prices",
+        "orders": "the inputs have no orders",
+        "dated_lines": "the input lines carry no purchase dates",
+    }
+    needs = {
+        "orders": ("orders",),
+        "purchase_frequency": ("orders", "dated_lines"),
+        "total_spend": ("prices",),
+        "avg_order_value": ("prices", "orders"),
+        "recency_days": ("dated_lines",),
+        "clv": ("prices", "orders", "dated_lines"),
+    }
+    missing = set(caps.missing())
+    return {
+        metric: "; ".join(reasons[f] for f in facts if f in missing)
+        for metric, facts in needs.items()
+        if missing.intersection(facts)
+    }
+
+
+def _available(expression: str, metric: str, unavailable: dict[str, str], sql_type: str = "double") -> str:
+    return f"null::{sql_type} as {metric}" if metric in unavailable else f"{expression}::{sql_type} as {metric}"
+
+
+def customer_metrics_sql(horizon_years: float = 3.0, caps: Capabilities | None = None) -> str:
     """SELECT producing the ``customer_metrics`` table from ``customers`` and ``purchases``."""
+    unavailable = unavailable_metrics(caps or Capabilities())
+    clv = (
+        "case when orders > 0 then (total_spend / orders) * (orders * 365.0 / greatest(coalesce(tenure_days, 0), 30))"
+        f" * {float(horizon_years)} * exp(-recency_days / 365.0) else 0 end"
+    )
     return f"""
     with as_of as (
         select max(purchase_date) as as_of from purchases
@@ -48,32 +87,32 @@ def customer_metrics_sql(horizon_years: float = 3.0) -> str:
         cross join as_of a
     )
     select customer_id,
-           orders::bigint as orders,
-           case when orders > 0 then orders / (active_days / 30.0) else 0 end::double as purchase_frequency,
-           total_spend::double as total_spend,
-           case when orders > 0 then total_spend / orders else 0 end::double as avg_order_value,
-           recency_days::double as recency_days,
+           {_available("orders", "orders", unavailable, "bigint")},
+           {_available("case when orders > 0 then orders / (active_days / 30.0) else 0 end", "purchase_frequency", unavailable)},
+           {_available("total_spend", "total_spend", unavailable)},
+           {_available("case when orders > 0 then total_spend / orders else 0 end", "avg_order_value", unavailable)},
+           {_available("recency_days", "recency_days", unavailable)},
            greatest(tenure_days, 0)::double as tenure_days,
-           case when orders > 0 then
-               (total_spend / orders)
-               * (orders * 365.0 / greatest(coalesce(tenure_days, 0), 30))
-               * {float(horizon_years)}
-               * exp(-recency_days / 365.0)
-           else 0 end::double as clv
+           {_available(clv, "clv", unavailable)}
     from base
     order by customer_id
     """
 
 
-def customer_category_sql() -> str:
+def customer_category_sql(caps: Capabilities | None = None) -> str:
     """SELECT producing ``customer_category_matrix``: one row per customer and category bought."""
-    return """
+    caps = caps or Capabilities()
+
+    def known(expression: str, fact: bool, name: str, sql_type: str) -> str:
+        return f"{expression}::{sql_type} as {name}" if fact else f"null::{sql_type} as {name}"
+
+    return f"""
     select p.customer_id, pr.product_category,
-           count(distinct p.order_id)::bigint as orders,
-           sum(p.quantity)::bigint as quantity,
-           sum(p.amount)::double as spend,
-           min(p.purchase_date) as first_purchase,
-           max(p.purchase_date) as last_purchase
+           {known("count(distinct p.order_id)", caps.orders, "orders", "bigint")},
+           {known("sum(p.quantity)", caps.quantities, "quantity", "bigint")},
+           {known("sum(p.amount)", caps.prices, "spend", "double")},
+           {known("min(p.purchase_date)", caps.dated_lines, "first_purchase", "timestamp")},
+           {known("max(p.purchase_date)", caps.dated_lines, "last_purchase", "timestamp")}
     from purchases p join products pr using (product_id)
     group by p.customer_id, pr.product_category
     order by p.customer_id, pr.product_category

@@ -1,0 +1,243 @@
+"""The spend-summary and basket-log adapters on the two real public files, read in place.
+
+Each test runs the whole graph (a real Dagster materialization into a DuckDB file) and checks
+real properties of what came out: rows in and out, the categories found, an affinity complete for
+those categories, a score for every customer and category they lack, and every quirk of the
+file either cleaned with its count or rejected by a gate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from cross_sell.definitions import ASSETS, CHECKS
+from cross_sell.resources import InputFiles
+from cross_sell_tests.conftest import SHARED_DATASETS, read_table
+
+SPEND_SUMMARY = SHARED_DATASETS / "marketing_campaign.csv"
+BASKET_LOG = SHARED_DATASETS / "Groceries_dataset.csv"
+SPEND_COLUMNS = ["MntFishProducts", "MntFruits", "MntGoldProds", "MntMeatProducts", "MntSweetProducts", "MntWines"]
+
+pytestmark = pytest.mark.skipif(
+    not (SPEND_SUMMARY.is_file() and BASKET_LOG.is_file()), reason="the shared datasets are not beside the checkout"
+)
+
+
+def materialize(location: Path, input_format: str, warehouse: Path, selection: str = "*") -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*ASSETS, *CHECKS],
+        selection=selection,
+        resources={
+            "duckdb": DuckDBResource(database=str(warehouse)),
+            "input_files": InputFiles(location=str(location), input_format=input_format),
+        },
+        raise_on_error=False,
+    )
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, key: str | list[str]) -> dict:
+    asset_key = dg.AssetKey(key)
+    found = [
+        e.event_specific_data.materialization.metadata
+        for e in result.all_events
+        if e.event_type_value == "ASSET_MATERIALIZATION" and e.event_specific_data.materialization.asset_key == asset_key
+    ]
+    assert found, f"no materialization of {asset_key.to_user_string()}"
+    return found[-1]
+
+
+def check_evaluation(result: dg.ExecuteInProcessResult, check: str, key: list[str]):
+    evaluations = [
+        e for e in result.get_asset_check_evaluations()
+        if e.check_name == check and e.asset_key == dg.AssetKey(key)
+    ]
+    assert evaluations, f"no evaluation of {check} on {key}"
+    return evaluations[-1]
+
+
+def findings(metadata: dict) -> dict[str, dict]:
+    return {f["rule"]: f for f in metadata["source_rules_applied"].value}
+
+
+def assert_scores_complete(warehouse: Path, categories: set[str]) -> None:
+    """Affinity covers every ordered pair of categories bought together; every customer who
+    bought anything has one score per category they lack."""
+    affinity = read_table(warehouse, "product_affinity where level = 'category'")
+    assert set(affinity["antecedent"]) | set(affinity["consequent"]) <= categories
+    owned = read_table(warehouse, "customer_category_matrix")[["customer_id", "product_category"]]
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        co_bought = conn.execute(
+            """select count(*) from (select distinct a.product_category x, b.product_category y
+               from customer_category_matrix a join customer_category_matrix b
+               on a.customer_id = b.customer_id and a.product_category <> b.product_category)"""
+        ).fetchall()[0][0]
+    assert len(affinity) == co_bought
+    scores = read_table(warehouse, "cross_sell_scores")
+    buyers = owned["customer_id"].nunique()
+    lacking = buyers * len(categories) - len(owned)
+    assert len(scores) == lacking
+    assert scores.merge(owned, on=["customer_id", "product_category"]).empty, "a customer was scored for a category they own"
+    assert scores["score"].between(0, 1).all()
+
+
+def test_spend_summary_runs_the_whole_graph_on_the_published_file(tmp_path: Path) -> None:
+    warehouse = tmp_path / "spend.duckdb"
+    result = materialize(SPEND_SUMMARY, "spend_summary", warehouse)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+    raw = pd.read_csv(SPEND_SUMMARY, sep="\t")
+    customers = read_table(warehouse, "customers")
+    assert len(customers) == len(raw) == 2240
+    assert set(customers["customer_id"]) == set(raw["ID"].astype(str))
+
+    products = read_table(warehouse, "products", order_by="product_id")
+    assert list(products["product_id"]) == SPEND_COLUMNS
+    categories = set(products["product_category"])
+    assert categories == {"Fish Products", "Fruits", "Gold Prods", "Meat Products", "Sweet Products", "Wines"}
+
+    purchases = read_table(warehouse, "purchases")
+    spend = raw.melt(id_vars="ID", value_vars=SPEND_COLUMNS)
+    assert len(purchases) == int((spend["value"] > 0).sum())
+    assert purchases["amount"].sum() == pytest.approx(float(raw[SPEND_COLUMNS].to_numpy().sum()))
+    assert purchases["quantity"].isna().all()
+    assert (purchases["order_id"] == purchases["customer_id"] + ":summary").all()
+    assert purchases["purchase_date"].nunique() == 1
+    assert str(purchases["purchase_date"].iloc[0].date()) == "2014-06-29"  # newest Dt_Customer
+
+    # Quirks: cleaned by a documented rule, each with its count.
+    rules = findings(materialization_metadata(result, ["audit", "customers"]))
+    assert rules["income_missing"]["count"] == int(raw["Income"].isna().sum()) == 24
+    assert rules["implausible_birth_year"]["count"] == 3
+    assert rules["marital_status_synonym"]["count"] == 3  # Alone -> Single
+    assert rules["marital_status_not_a_status"]["count"] == 4  # YOLO x2, Absurd x2
+    assert {r["column"] for r in rules.values() if r["rule"] == "constant_column"} <= {"Z_CostContact", "Z_Revenue"}
+    constant = [f for f in materialization_metadata(result, ["audit", "customers"])["source_rules_applied"].value
+                if f["rule"] == "constant_column"]
+    assert sorted(f["column"] for f in constant) == ["Z_CostContact", "Z_Revenue"]
+    assert rules["date_to_iso"]["count"] == 2240
+    assert customers["income"].isna().sum() == 24
+    assert customers["birth_year"].min() >= 1901 and customers["birth_year"].isna().sum() == 3
+    assert set(customers["marital_status"].dropna()) == {"Married", "Together", "Single", "Divorced", "Widow"}
+    signup = dict(zip(raw["ID"].astype(str), pd.to_datetime(raw["Dt_Customer"], format="%d-%m-%Y").dt.date))
+    assert dict(zip(customers["customer_id"], customers["signup_date"].dt.date)) == signup
+
+    gate = check_evaluation(result, "source_rules", ["audit", "purchases"])
+    assert gate.passed
+    assert {k: v.value for k, v in gate.metadata.items() if k.startswith("invalid_count")} == {
+        f"invalid_count({c})": 0 for c in raw.columns if c.startswith("Mnt")
+    }
+
+    metrics = read_table(warehouse, "customer_metrics")
+    assert metrics["total_spend"].sum() == pytest.approx(float(raw[SPEND_COLUMNS].to_numpy().sum()))
+    for unavailable in ("orders", "purchase_frequency", "avg_order_value", "recency_days", "clv"):
+        assert metrics[unavailable].isna().all(), unavailable
+    assert read_table(warehouse, "input_format").iloc[0].to_dict()["input_format"] == "spend_summary"
+
+    assert_scores_complete(warehouse, categories)
+    model = materialization_metadata(result, "cross_sell_model")
+    assert model["strategy"].value == "cross_sectional"
+
+
+def test_a_bad_spend_value_blocks_publishing_and_names_the_column(tmp_path: Path) -> None:
+    warehouse = tmp_path / "spend.duckdb"
+    assert materialize(SPEND_SUMMARY, "spend_summary", warehouse).success
+    published = read_table(warehouse, "purchases")
+
+    lines = SPEND_SUMMARY.read_bytes().split(b"\r\n")
+    header = lines[0].split(b"\t")
+    wines = header.index(b"MntWines")
+    for row in (1, 2, 3):
+        cells = lines[row].split(b"\t")
+        cells[wines] = [b"n/a", b"-5", b""][row - 1]
+        lines[row] = b"\t".join(cells)
+    broken = tmp_path / "broken.tsv"
+    broken.write_bytes(b"\r\n".join(lines))
+
+    result = materialize(broken, "spend_summary", warehouse)
+    assert not result.success
+    gate = check_evaluation(result, "source_rules", ["audit", "purchases"])
+    assert not gate.passed
+    assert gate.metadata["invalid_count(MntWines)"].value == 3
+    assert gate.metadata["invalid_count(MntFruits)"].value == 0
+    assert "MntWines" in gate.description and "n/a" in gate.metadata["failing_rows_sample"].value
+    pd.testing.assert_frame_equal(read_table(warehouse, "purchases"), published)  # nothing overwritten
+
+
+def test_basket_log_runs_the_whole_graph_on_the_published_file(tmp_path: Path) -> None:
+    warehouse = tmp_path / "baskets.duckdb"
+    result = materialize(BASKET_LOG, "basket_log", warehouse)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+    raw = pd.read_csv(BASKET_LOG)
+    raw["item"] = raw["itemDescription"].str.strip().str.lower()
+    raw["day"] = pd.to_datetime(raw["Date"], format="%d-%m-%Y")
+
+    purchases = read_table(warehouse, "purchases")
+    distinct_lines = raw.drop_duplicates(["Member_number", "day", "item"])
+    assert len(purchases) == len(distinct_lines) == len(raw) - 759
+    assert purchases["quantity"].sum() == len(raw) == 38765
+    assert purchases["order_id"].nunique() == 14963
+    assert purchases["amount"].isna().all()
+    assert purchases["purchase_date"].min() == raw["day"].min() and purchases["purchase_date"].max() == raw["day"].max()
+
+    rules = findings(materialization_metadata(result, ["audit", "purchases"]))
+    assert rules["duplicate_rows"]["count"] == 759
+    assert rules["date_to_iso"]["count"] == len(raw)
+    product_rules = findings(materialization_metadata(result, ["audit", "products"]))
+    assert product_rules["item_name_whitespace"]["count"] == int((raw["itemDescription"] != raw["itemDescription"].str.strip()).sum())
+    assert "cream cheese " in product_rules["item_name_whitespace"]["examples"]
+
+    products = read_table(warehouse, "products")
+    assert len(products) == raw["item"].nunique() == 167
+    assert (products["product_category"] == products["product_name"]).all()
+    assert not products["product_name"].str.endswith(" ").any()
+    customers = read_table(warehouse, "customers")
+    assert len(customers) == raw["Member_number"].nunique() == 3898
+
+    metrics = read_table(warehouse, "customer_metrics")
+    for unavailable in ("total_spend", "avg_order_value", "clv"):
+        assert metrics[unavailable].isna().all(), unavailable
+    expected_orders = raw.groupby("Member_number")["day"].nunique()
+    assert metrics.set_index("customer_id")["orders"].sort_index().to_list() == expected_orders.sort_index().to_list()
+    unavailable = materialization_metadata(result, "customer_metrics")["unavailable_metrics"].value
+    assert set(unavailable) == {"total_spend", "avg_order_value", "clv"}
+    assert "no prices" in unavailable["total_spend"]
+
+    assert_scores_complete(warehouse, set(products["product_category"]))
+
+
+def test_input_format_from_the_environment_and_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CROSS_SELL_INPUT_FORMAT picks the adapter; CROSS_SELL_DATA_DIR may name a folder holding the file."""
+    from cross_sell.resources import default_resources
+
+    folder = tmp_path / "baskets"
+    folder.mkdir()
+    (folder / "2015.csv").symlink_to(BASKET_LOG)
+    monkeypatch.setenv("CROSS_SELL_INPUT_FORMAT", "basket_log")
+    monkeypatch.setenv("CROSS_SELL_DATA_DIR", str(folder))
+    monkeypatch.setenv("CROSS_SELL_DUCKDB_PATH", str(tmp_path / "w.duckdb"))
+    resources = default_resources()
+    assert resources["input_files"].input_format == "basket_log"
+    result = dg.materialize([*ASSETS, *CHECKS], selection="group:ingest", resources=resources, raise_on_error=False)
+    assert result.success
+    assert len(read_table(tmp_path / "w.duckdb", "purchases")) == 38765 - 759
+
+    monkeypatch.setenv("CROSS_SELL_INPUT_FORMAT", "wide")
+    result = dg.materialize([*ASSETS, *CHECKS], selection="group:ingest", resources=default_resources(), raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "canonical, spend_summary, basket_log" in failure.step_failure_data.error.message
+
+
+def test_a_file_of_the_wrong_layout_fails_landing_with_the_columns_it_needs(tmp_path: Path) -> None:
+    result = materialize(BASKET_LOG, "spend_summary", tmp_path / "w.duckdb", selection="group:ingest")
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.user_failure_data.description
+    assert "spend_summary input needs" in message and "itemDescription" in message
