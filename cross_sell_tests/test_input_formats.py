@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 from dagster_duckdb import DuckDBResource
@@ -65,23 +66,35 @@ def findings(metadata: dict) -> dict[str, dict]:
     return {f["rule"]: f for f in metadata["source_rules_applied"].value}
 
 
-def assert_scores_complete(warehouse: Path, categories: set[str]) -> None:
-    """Affinity covers every ordered pair of categories bought together; every customer who
-    bought anything has one score per category they lack."""
+def expected_affinity(owned: pd.DataFrame, min_support: float = 0.01) -> pd.DataFrame:
+    """Category rules computed independently from (customer, category) ownership, in pandas:
+    every ordered pair whose share of buying customers reaches ``min_support``."""
+    x = pd.crosstab(owned["customer_id"], owned["product_category"]).clip(upper=1)
+    together = x.T.to_numpy() @ x.to_numpy()
+    a, b = np.nonzero(together / len(x) >= min_support)
+    keep = a != b
+    names = x.columns.to_numpy()
+    return pd.DataFrame({
+        "antecedent": names[a[keep]], "consequent": names[b[keep]], "support": together[a[keep], b[keep]] / len(x),
+        "confidence": together[a[keep], b[keep]] / np.diag(together)[a[keep]],
+    })
+
+
+def assert_affinity_and_scores_complete(warehouse: Path, owned: pd.DataFrame, categories: set[str]) -> None:
+    """The affinity holds exactly the category pairs bought together by at least 1% of buying
+    customers, with the same support and confidence; every buying customer has one score per
+    category they lack, and none for a category they own."""
     affinity = read_table(warehouse, "product_affinity where level = 'category'")
-    assert set(affinity["antecedent"]) | set(affinity["consequent"]) <= categories
-    owned = read_table(warehouse, "customer_category_matrix")[["customer_id", "product_category"]]
-    with duckdb.connect(str(warehouse), read_only=True) as conn:
-        co_bought = conn.execute(
-            """select count(*) from (select distinct a.product_category x, b.product_category y
-               from customer_category_matrix a join customer_category_matrix b
-               on a.customer_id = b.customer_id and a.product_category <> b.product_category)"""
-        ).fetchall()[0][0]
-    assert len(affinity) == co_bought
+    expected = expected_affinity(owned)
+    merged = expected.merge(affinity, on=["antecedent", "consequent"], how="outer", suffixes=("", "_published"), indicator=True)
+    assert (merged["_merge"] == "both").all(), merged.loc[merged["_merge"] != "both", ["antecedent", "consequent", "_merge"]]
+    np.testing.assert_allclose(merged["support_published"], merged["support"], rtol=1e-12)
+    np.testing.assert_allclose(merged["confidence_published"], merged["confidence"], rtol=1e-12)
+    assert set(affinity["antecedent"]) <= categories
+
     scores = read_table(warehouse, "cross_sell_scores")
     buyers = owned["customer_id"].nunique()
-    lacking = buyers * len(categories) - len(owned)
-    assert len(scores) == lacking
+    assert len(scores) == buyers * len(categories) - len(owned)
     assert scores.merge(owned, on=["customer_id", "product_category"]).empty, "a customer was scored for a category they own"
     assert scores["score"].between(0, 1).all()
 
@@ -139,7 +152,11 @@ def test_spend_summary_runs_the_whole_graph_on_the_published_file(tmp_path: Path
         assert metrics[unavailable].isna().all(), unavailable
     assert read_table(warehouse, "input_format").iloc[0].to_dict()["input_format"] == "spend_summary"
 
-    assert_scores_complete(warehouse, categories)
+    owned = spend.loc[spend["value"] > 0, ["ID", "variable"]].rename(columns={"ID": "customer_id", "variable": "product_id"})
+    owned["customer_id"] = owned["customer_id"].astype(str)
+    owned = owned.merge(products[["product_id", "product_category"]])[["customer_id", "product_category"]]
+    assert_affinity_and_scores_complete(warehouse, owned, categories)
+    assert len(read_table(warehouse, "product_affinity where level = 'category'")) == 30  # every ordered pair of 6
     model = materialization_metadata(result, "cross_sell_model")
     assert model["strategy"].value == "cross_sectional"
 
@@ -209,7 +226,11 @@ def test_basket_log_runs_the_whole_graph_on_the_published_file(tmp_path: Path) -
     assert set(unavailable) == {"total_spend", "avg_order_value", "clv"}
     assert "no prices" in unavailable["total_spend"]
 
-    assert_scores_complete(warehouse, set(products["product_category"]))
+    raw["product_id"] = raw["itemDescription"].str.strip().str.replace(r"\s+", " ", regex=True).str.lower()
+    owned = raw[["Member_number", "product_id"]].drop_duplicates().rename(columns={"Member_number": "customer_id"})
+    owned["customer_id"] = owned["customer_id"].astype(str)
+    owned = owned.merge(products[["product_id", "product_category"]])[["customer_id", "product_category"]]
+    assert_affinity_and_scores_complete(warehouse, owned, set(products["product_category"]))
 
 
 def test_input_format_from_the_environment_and_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

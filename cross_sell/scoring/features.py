@@ -208,6 +208,10 @@ def load_profiles(
         }
     )
     frame = frame.astype(np.float32)  # model inputs are float32: half the memory traffic when scoring
+    # A feature unknown for every customer (no incomes or birth years in a basket log) carries no
+    # information; as a constant it is ignored by the trees, while an all-missing column breaks
+    # their binning.
+    frame.loc[:, frame.columns[frame.isna().all().to_numpy()]] = 0.0
     for column in CUSTOMER_CATEGORICAL:
         frame[column] = customer[column].astype("category")
     return Profiles(
