@@ -67,34 +67,27 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.frozen import FrozenEstimator
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from cross_sell.scoring import evaluation as ev
+from cross_sell.scoring.design import AdditiveTables, FeatureEncoder
 from cross_sell.scoring.features import (
-    CANDIDATE,
-    CUSTOMER_CATEGORICAL,
-    CUSTOMER_NUMERIC,
-    PAIR_NUMERIC,
     PairFeatures,
     Profiles,
     RuleStatistics,
     data_fingerprint,
-    design_frame,
     feature_names,
     load_profiles,
-    order_share_column,
     pair_features,
     purchase_span,
     rule_statistics,
-    spend_share_column,
 )
 from cross_sell.scoring.logic import rule_scores
 from cross_sell.warehouse import table_exists, transaction
 
 # Bump when the features or the training procedure change, so old artifacts are not reused.
-MODEL_CODE_VERSION = "2"
+MODEL_CODE_VERSION = "3"
 TIME_SPLIT = "time_split"
 CROSS_SECTIONAL = "cross_sectional"
 ARTIFACT_PREFIX = "cross_sell_model-"
@@ -159,6 +152,8 @@ class TrainedModel:
     estimator: object
     version: str
     metadata: dict
+    encoder: FeatureEncoder | None = None
+    tables: AdditiveTables | None = None
     evaluation: ev.Evaluation | None = None
     artifact: Path | None = None
     reused: bool = False
@@ -250,128 +245,166 @@ def split_customers(training: TrainingSet, params: ModelParams) -> tuple[np.ndar
 # more than they save, and far more on a busy machine.
 SINGLE_THREAD_ROWS = 100_000
 CALIBRATION_HOLDOUT_ROWS = 50_000
+PREDICT_CHUNK_ROWS = 200_000
+SCORE_CHUNK_CUSTOMERS = 32_768
+VERIFY_CUSTOMERS = 2_000
+TABLE_TOLERANCE = 1e-9
 
 
 def _threads(rows: int) -> AbstractContextManager:
     return threadpool_limits(limits=1, user_api="openmp") if rows < SINGLE_THREAD_ROWS else nullcontext()
 
 
-class CategoryCodes(TransformerMixin, BaseEstimator):
-    """Ordinal codes for text columns, vectorised through pandas' hash tables.
+def build_pipeline(encoder: FeatureEncoder, params: ModelParams, *, prior_only: bool = False):
+    """The classifier on the encoder's matrix (see :mod:`cross_sell.scoring.design`).
 
-    Does what ``OrdinalEncoder`` does for the trees (NaN for missing and unseen values), but
-    sklearn's encoder maps object arrays value by value in Python, which dominated scoring time at
-    millions of rows. Each column keeps its ``max_categories`` most frequent values (ties by
-    name); rarer ones count as missing, so every feature fits the trees' 255 bins."""
-
-    def __init__(self, max_categories: int = 250):
-        self.max_categories = max_categories
-
-    def fit(self, X: pd.DataFrame, y=None) -> CategoryCodes:
-        frame = pd.DataFrame(X)
-        self.feature_names_in_ = np.asarray(frame.columns, dtype=object)
-        self.n_features_in_ = frame.shape[1]
-        self.categories_ = []
-        for column in frame.columns:
-            counts = frame[column].astype(object).value_counts(dropna=True)
-            counts = counts.rename_axis("value").reset_index(name="n").sort_values(["n", "value"], ascending=[False, True])
-            self.categories_.append(sorted(counts["value"].head(self.max_categories).astype(str)))
-        return self
-
-    def transform(self, X: pd.DataFrame) -> np.ndarray:
-        frame = pd.DataFrame(X)
-        out = np.empty((len(frame), len(self.categories_)), dtype=np.float32)
-        for j, (column, known) in enumerate(zip(frame.columns, self.categories_)):
-            values = frame[column]
-            if isinstance(values.dtype, pd.CategoricalDtype):
-                values = values.cat.rename_categories(values.cat.categories.astype(str))
-            else:
-                values = values.astype(object).where(values.notna(), None).astype("string")
-            codes = pd.Categorical(values, categories=known).codes
-            out[:, j] = np.where(codes < 0, np.nan, codes)
-        return out
-
-    def get_feature_names_out(self, input_features=None) -> np.ndarray:
-        return np.asarray(self.feature_names_in_, dtype=object)
-
-
-def build_pipeline(categories: list[str], params: ModelParams, *, prior_only: bool = False) -> Pipeline:
-    """ColumnTransformer (encoding, imputation, scaling) + classifier, for a training category list."""
-    categorical = [CANDIDATE, *CUSTOMER_CATEGORICAL]
-    numeric = [
-        *PAIR_NUMERIC, *CUSTOMER_NUMERIC,
-        *(spend_share_column(c) for c in categories), *(order_share_column(c) for c in categories),
-    ]
-    if params.estimator == "logistic" and not prior_only:
+    Gradient boosting: trees on the codes (native categorical splits for the category codes, NaN
+    as missing), each tree combining the candidate category with at most one other feature, so
+    the model is additive per category and scores by table lookups. Logistic: one-hot codes of
+    the categories and median-imputed (with missing-value flags), scaled codes of the numbers."""
+    if prior_only:
+        return DummyClassifier(strategy="prior")
+    categorical = encoder.categorical
+    numeric = [i for i in range(len(encoder.names)) if i not in categorical]
+    if params.estimator == "logistic":
         encode = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=5, sparse_output=False)
         numbers = Pipeline(
             [("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
              ("scale", StandardScaler())]
         )
-        classifier = LogisticRegression(C=1.0, max_iter=2000, random_state=params.seed)
-    else:
-        # Unknown or missing values become NaN, which the trees treat as missing (so the numbers
-        # need no imputation either).
-        encode = CategoryCodes(max_categories=250)
-        numbers = StandardScaler()
-        classifier = HistGradientBoostingClassifier(
-            max_iter=params.max_iter,
-            learning_rate=params.learning_rate,
-            max_leaf_nodes=params.max_leaf_nodes,
-            l2_regularization=params.l2_regularization,
-            categorical_features=list(range(len(categorical))),
-            random_state=params.seed,
-        )
-    if prior_only:
-        classifier = DummyClassifier(strategy="prior")
-    transform = ColumnTransformer(
-        [("categories", encode, categorical), ("numbers", numbers, numeric)], sparse_threshold=0.0
+        transform = ColumnTransformer([("categories", encode, categorical), ("numbers", numbers, numeric)], sparse_threshold=0.0)
+        return Pipeline([("features", transform), ("classifier", LogisticRegression(C=1.0, max_iter=2000, random_state=params.seed))])
+    return HistGradientBoostingClassifier(
+        max_iter=params.max_iter,
+        learning_rate=params.learning_rate,
+        max_leaf_nodes=params.max_leaf_nodes,
+        l2_regularization=params.l2_regularization,
+        categorical_features=categorical,
+        interaction_cst=[[0, j] for j in range(1, len(encoder.names))],
+        random_state=params.seed,
     )
-    return Pipeline([("features", transform), ("classifier", classifier)])
+
+
+def _single_calibration(estimator) -> tuple[object, object] | None:
+    """(fitted base model, calibrator) of a calibrated model that scores with one base model."""
+    fitted = getattr(estimator, "calibrated_classifiers_", None)
+    if not fitted or len(fitted) != 1 or len(fitted[0].calibrators) != 1:
+        return None
+    base = fitted[0].estimator
+    if not hasattr(base, "decision_function"):
+        return None
+    return base, fitted[0].calibrators[0]
+
+
+def _calibrate(calibrator, raw: np.ndarray) -> np.ndarray:
+    """What CalibratedClassifierCV.predict_proba does with the base model's raw scores (binary)."""
+    proba = np.asarray(calibrator.predict(raw.ravel()), dtype=np.float64).reshape(raw.shape)
+    proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
+    return np.clip(proba, 0.0, 1.0)
+
+
+def tabulate(estimator, encoder: FeatureEncoder, params: ModelParams) -> AdditiveTables | None:
+    """Lookup tables for a calibrated gradient-boosting model (None for other models)."""
+    if params.estimator != "gradient_boosting":
+        return None
+    parts = _single_calibration(estimator)
+    if parts is None:
+        return None
+    base, _ = parts
+    return AdditiveTables.tabulate(base.decision_function, encoder)
 
 
 def predict(
-    estimator, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray, categories: list[str],
-    chunk_rows: int = 400_000,
+    model: TrainedModel, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray,
+    chunk_rows: int = PREDICT_CHUNK_ROWS,
 ) -> np.ndarray:
-    """Calibrated probabilities for (customer, category) rows, in memory-bounded chunks."""
+    """Calibrated probabilities for (customer, category) rows with the model itself (predict_proba),
+    in memory-bounded chunks of the encoded matrix."""
     out = np.empty(len(ci), dtype=np.float64)
     for start in range(0, len(ci), chunk_rows):
         stop = min(start + chunk_rows, len(ci))
-        frame = design_frame(profiles, pairs, ci[start:stop], ki[start:stop], categories)
-        with _threads(len(frame)):
-            out[start:stop] = estimator.predict_proba(frame)[:, 1]
+        x = model.encoder.matrix(model.encoder.codes(profiles, pairs, ci[start:stop], ki[start:stop]))
+        with _threads(len(x)):
+            out[start:stop] = model.estimator.predict_proba(x)[:, 1]
     return np.clip(out, 0.0, 1.0)
 
 
-def _fit(training: TrainingSet, rows: np.ndarray, params: ModelParams) -> tuple[object, str]:
-    """Fit the pipeline and calibrate it. Small training sets: 3-fold cross-validated calibration
-    (the calibrator learns from out-of-fold predictions, the model is then refit on every row).
+def predict_customers(model: TrainedModel, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice) -> np.ndarray:
+    """(customers, profile categories) calibrated probabilities for the customers ``rows`` and every
+    category (owned ones included; callers drop them). By table lookups when the model has
+    tables, else with predict_proba."""
+    parts = _single_calibration(model.estimator) if model.tables is not None else None
+    if parts is not None:
+        return _calibrate(parts[1], model.tables.raw_scores(model.encoder, profiles, pairs, rows))
+    customers = np.arange(profiles.shape[0])[rows]
+    k = profiles.shape[1]
+    ci = np.repeat(customers, k).astype(np.int32)
+    ki = np.tile(np.arange(k, dtype=np.int32), len(customers))
+    return predict(model, profiles, pairs, ci, ki).reshape(len(customers), k)
+
+
+def predict_rows(model: TrainedModel, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities for (customer, category) rows, the fast way when the model allows."""
+    if model.tables is None:
+        return predict(model, profiles, pairs, ci, ki)
+    customers, local = np.unique(ci, return_inverse=True)
+    out = np.empty(len(ci), dtype=np.float64)
+    for start in range(0, len(customers), SCORE_CHUNK_CUSTOMERS):
+        stop = min(start + SCORE_CHUNK_CUSTOMERS, len(customers))
+        block = predict_customers(model, profiles, pairs, customers[start:stop])
+        rows = np.flatnonzero((local >= start) & (local < stop))
+        out[rows] = block[local[rows] - start, ki[rows]]
+    return out
+
+
+def verify_tables(model: TrainedModel, profiles: Profiles, pairs: PairFeatures, seed: int) -> float:
+    """Largest gap between the table scores and the model's own predict_proba on a seeded sample
+    of customers (every category); raises when they disagree, so tables can never drift from
+    the model they were read from."""
+    if model.tables is None or profiles.shape[0] == 0:
+        return 0.0
+    rng = np.random.default_rng([seed, 11])
+    n, k = profiles.shape
+    customers = np.sort(rng.choice(n, min(n, VERIFY_CUSTOMERS), replace=False))
+    fast = predict_customers(model, profiles, pairs, customers)
+    ci = np.repeat(customers, k).astype(np.int32)
+    ki = np.tile(np.arange(k, dtype=np.int32), len(customers))
+    exact = predict(model, profiles, pairs, ci, ki).reshape(len(customers), k)
+    gap = float(np.max(np.abs(fast - exact))) if fast.size else 0.0
+    if not gap <= TABLE_TOLERANCE:
+        raise RuntimeError(f"model tables disagree with the model by {gap:.3g}: retrain with force_retrain")
+    return gap
+
+
+def _fit(training: TrainingSet, rows: np.ndarray, params: ModelParams) -> tuple[object, str, FeatureEncoder]:
+    """Encode, fit and calibrate. Small training sets: 3-fold cross-validated calibration (the
+    calibrator learns from out-of-fold predictions, the model is then refit on every row).
     From ``CALIBRATION_HOLDOUT_ROWS`` rows on: one fit on 80 % of the rows and the calibrator on
     the other 20 % (stratified), which costs one fit instead of four and still leaves tens of
     thousands of rows for two sigmoid parameters."""
-    categories = training.profiles.categories
-    frame = design_frame(training.profiles, training.pairs, training.ci[rows], training.ki[rows], categories)
+    ci, ki = training.ci[rows], training.ki[rows]
+    encoder = FeatureEncoder.fit(training.profiles, training.pairs, ci, ki, params.seed)
+    x = encoder.matrix(encoder.codes(training.profiles, training.pairs, ci, ki))
     y = training.label[rows].astype(np.int8)
     positives, negatives = int(y.sum()), int(len(y) - y.sum())
     if min(positives, negatives) < 2:
         # Too little to learn from: a calibrated constant (the observed rate) is the honest answer.
-        return build_pipeline(categories, params, prior_only=True).fit(frame, y), "prior"
-    with _threads(len(frame)):
-        if len(frame) >= CALIBRATION_HOLDOUT_ROWS:
+        return build_pipeline(encoder, params, prior_only=True).fit(x, y), "prior", encoder
+    with _threads(len(x)):
+        if len(x) >= CALIBRATION_HOLDOUT_ROWS:
             fit_rows, calibration_rows = train_test_split(
-                np.arange(len(frame)), test_size=0.2, stratify=y, random_state=params.seed
+                np.arange(len(x)), test_size=0.2, stratify=y, random_state=params.seed
             )
-            pipeline = build_pipeline(categories, params).fit(frame.iloc[fit_rows], y[fit_rows])
-            model = CalibratedClassifierCV(FrozenEstimator(pipeline), method=params.calibration)
-            model.fit(frame.iloc[calibration_rows], y[calibration_rows])
+            base = build_pipeline(encoder, params).fit(x[fit_rows], y[fit_rows])
+            model = CalibratedClassifierCV(FrozenEstimator(base), method=params.calibration)
+            model.fit(x[calibration_rows], y[calibration_rows])
         else:
             folds = StratifiedKFold(n_splits=min(3, positives, negatives), shuffle=True, random_state=params.seed)
             model = CalibratedClassifierCV(
-                build_pipeline(categories, params), method=params.calibration, cv=folds, ensemble=False
+                build_pipeline(encoder, params), method=params.calibration, cv=folds, ensemble=False
             )
-            model.fit(frame, y)
-    return model, params.estimator
+            model.fit(x, y)
+    return model, params.estimator, encoder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,11 +438,14 @@ def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: 
     training = build_training_set(conn, params)
     train_rows, eval_rows = split_customers(training, params)
     t1 = time.perf_counter()
-    estimator, kind = _fit(training, train_rows, params)
+    estimator, kind, encoder = _fit(training, train_rows, params)
+    tables = tabulate(estimator, encoder, params) if kind != "prior" else None
+    model = TrainedModel(estimator=estimator, version=version, metadata={}, encoder=encoder, tables=tables)
     t2 = time.perf_counter()
     categories = training.profiles.categories
     eci, eki, ey = training.ci[eval_rows], training.ki[eval_rows], training.label[eval_rows]
-    scores = {ev.MODEL: predict(estimator, training.profiles, training.pairs, eci, eki, categories)}
+    verify_tables(model, training.profiles, training.pairs, params.seed)
+    scores = {ev.MODEL: predict_rows(model, training.profiles, training.pairs, eci, eki)}
     scores.update(baseline_scores(training, eci, eki, params))
     evaluation = ev.evaluate(scores, eci, eki, ey, categories, params.eval_k)
     t3 = time.perf_counter()
@@ -420,6 +456,7 @@ def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: 
         "fallback_reason": training.fallback_reason,
         "estimator": kind,
         "calibration": params.calibration if kind != "prior" else "none",
+        "scoring": "additive tables (checked against predict_proba)" if tables is not None else "predict_proba",
         "cutoff": training.cutoff.isoformat() if training.cutoff is not None else None,
         "newest_purchase": training.newest_purchase.isoformat(),
         "label_window_days": training.label_window_days,
@@ -444,7 +481,8 @@ def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: 
     }
     timings = {"features_s": t1 - t0, "fit_s": t2 - t1, "evaluate_s": t3 - t2}
     metadata["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    return TrainedModel(estimator=estimator, version=version, metadata=metadata, evaluation=evaluation, timings=timings)
+    model.metadata, model.evaluation, model.timings = metadata, evaluation, timings
+    return model
 
 
 def evaluation_from_metadata(metadata: dict) -> ev.Evaluation:
@@ -480,7 +518,10 @@ def save(model: TrainedModel, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = artifact_path(directory, model.version)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    joblib.dump({"estimator": model.estimator, "metadata": model.metadata}, tmp, compress=3)
+    joblib.dump(
+        {"estimator": model.estimator, "encoder": model.encoder, "tables": model.tables, "metadata": model.metadata},
+        tmp, compress=3,
+    )
     os.replace(tmp, path)
     model.artifact = path
     return path
@@ -494,8 +535,14 @@ def load(path: Path) -> TrainedModel:
         )
     payload = joblib.load(path)
     metadata = payload["metadata"]
+    if payload.get("encoder") is None or metadata.get("model_code_version") != MODEL_CODE_VERSION:
+        raise ValueError(
+            f"model artifact {path} was made by another version of the model code: "
+            "materialize cross_sell_model to train a current one"
+        )
     return TrainedModel(
         estimator=payload["estimator"], version=metadata["version"], metadata=metadata,
+        encoder=payload["encoder"], tables=payload.get("tables"),
         evaluation=evaluation_from_metadata(metadata), artifact=path, reused=True,
     )
 
@@ -595,32 +642,56 @@ def current_artifact(conn: duckdb.DuckDBPyConnection, directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class Scored:
-    """Scores for every customer and category they lack, as of the newest purchase."""
+    """Scores for every customer and category they lack, as of the newest purchase: row i is
+    customer ``ci[i]`` (index into ``profiles.customer_ids``) and category ``ki[i]`` (index into
+    ``profiles.categories``), in customer then category order."""
 
-    frame: pd.DataFrame  # customer_id (categorical), product_category (categorical), score
+    ci: np.ndarray  # int32
+    ki: np.ndarray  # int8/int16
+    score: np.ndarray  # float64
     profiles: Profiles
+    table_gap: float = 0.0  # largest gap between table scores and predict_proba on the checked sample
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """customer_id (categorical), product_category (categorical), score."""
+        return pd.DataFrame(
+            {
+                "customer_id": pd.Categorical.from_codes(self.ci, categories=self.profiles.customer_ids),
+                "product_category": pd.Categorical.from_codes(self.ki, categories=self.profiles.categories),
+                "score": self.score,
+            }
+        )
 
 
-def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_rows: int = 400_000) -> Scored:
+def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers: int = SCORE_CHUNK_CUSTOMERS) -> Scored:
     """Score every customer x category not yet bought with a trained model (never trains).
 
-    Features are recomputed on all data, as of the newest purchase."""
+    Features are recomputed on all data, as of the newest purchase. Customers are scored in
+    chunks, every category at once; owned categories are dropped."""
     _, last = purchase_span(conn)
     if last is None:
         raise ValueError("there are no purchases to score from")
     profiles = load_profiles(conn, last)
     pairs = pair_features(profiles, rule_statistics(profiles.owned))
-    ci, ki = np.nonzero(~profiles.owned)
-    ci, ki = ci.astype(np.int32), ki.astype(np.int32)
-    values = predict(model.estimator, profiles, pairs, ci, ki, model.categories, chunk_rows)
-    frame = pd.DataFrame(
-        {
-            "customer_id": pd.Categorical.from_codes(ci, categories=profiles.customer_ids),
-            "product_category": pd.Categorical.from_codes(ki, categories=profiles.categories),
-            "score": values,
-        }
-    )
-    return Scored(frame=frame, profiles=profiles)
+    gap = verify_tables(model, profiles, pairs, int(model.metadata["params"]["seed"]))
+    n, k = profiles.shape
+    lacking = ~profiles.owned
+    per_customer = lacking.sum(axis=1)
+    total = int(per_customer.sum())
+    ci = np.repeat(np.arange(n, dtype=np.int32), per_customer)
+    ki = np.empty(total, dtype=np.int8 if k < 128 else np.int16)
+    values = np.empty(total, dtype=np.float64)
+    position = 0
+    for start in range(0, n, chunk_customers):
+        stop = min(start + chunk_customers, n)
+        block = predict_customers(model, profiles, pairs, slice(start, stop))
+        mask = lacking[start:stop]
+        count = int(per_customer[start:stop].sum())
+        values[position:position + count] = block[mask]
+        ki[position:position + count] = np.nonzero(mask)[1]
+        position += count
+    return Scored(ci=ci, ki=ki, score=values, profiles=profiles, table_gap=gap)
 
 
 def train_and_score(

@@ -1,0 +1,254 @@
+"""The model's input matrix, and exact fast scoring of every (customer, category) pair.
+
+**Encoding** (:class:`FeatureEncoder`, fitted on the training rows and saved with the model). Every
+feature becomes a small integer code, the way gradient-boosted trees see their inputs anyway:
+
+* numbers: the index of their quantile bin (at most 255 bins, edges from the training rows; a
+  feature with at most 255 distinct values keeps every value apart), NaN when missing;
+* the candidate category: its index in the training category list, NaN for a category the model
+  has never seen;
+* education, marital status, country: the index in the 250 most frequent values of the training
+  rows, NaN for missing or rarer values.
+
+The model is fitted on these codes as a plain float matrix (no pandas, no column transformer).
+
+**Scoring by tables** (:class:`AdditiveTables`). The default model is a gradient-boosted tree
+ensemble whose trees may only combine the candidate category with *one* other feature
+(``interaction_cst``): its raw score is ``c(category) + sum over features f of h_f(category, x_f)``,
+an additive model per category. Because every input is a small integer code, each ``h_f`` is a
+table over (category, code), read off the fitted model itself with its public
+``decision_function`` on a grid: ``h_f(k, v) = d(k, reference with x_f = v) - d(k, reference)``.
+Scoring a customer then costs one table lookup per feature and category instead of a walk down
+every tree, and customer-level features are looked up once per customer for all 30 categories.
+Tables are exact (same sums of the same leaf values), and every scoring run checks them against
+the model's own ``predict_proba`` on a sample of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cross_sell.scoring.features import (
+    CANDIDATE,
+    CUSTOMER_CATEGORICAL,
+    CUSTOMER_NUMERIC,
+    PAIR_NUMERIC,
+    PairFeatures,
+    Profiles,
+    feature_names,
+    order_share_column,
+    spend_share_column,
+)
+
+MAX_BINS = 255  # the trees' own max_bins: every code is a bin of its own
+MAX_CATEGORIES = 250
+EDGE_SAMPLE = 200_000
+
+
+def bin_edges(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cut points between at most ``MAX_BINS`` bins: between distinct values when there are few,
+    else between quantiles of (a sample of) the values."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    if v.size > EDGE_SAMPLE:
+        v = rng.choice(v, EDGE_SAMPLE, replace=False)
+    cuts = np.unique(v)
+    if cuts.size > MAX_BINS:
+        cuts = np.unique(np.quantile(v, np.linspace(0.0, 1.0, MAX_BINS)))
+    return (cuts[:-1] + cuts[1:]) / 2
+
+
+def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin index of each value (int16); missing values get ``len(edges) + 1``, one past the last bin."""
+    codes = np.searchsorted(edges, values, side="left").astype(np.int16)
+    missing = np.isnan(values)
+    if missing.any():
+        codes[missing] = len(edges) + 1
+    return codes
+
+
+@dataclass
+class FeatureEncoder:
+    """Turns profiles and pair features into the model's integer-coded input (see module doc)."""
+
+    categories: list[str]  # the training categories: candidate codes and share columns
+    edges: dict[str, np.ndarray]  # numeric feature -> bin edges
+    vocab: dict[str, list[str]]  # categorical customer feature -> known values (sorted)
+
+    @property
+    def names(self) -> list[str]:
+        return feature_names(self.categories)
+
+    @property
+    def customer_names(self) -> list[str]:
+        """Customer-level features, in matrix order (they follow the candidate and the pair features)."""
+        return self.names[1 + len(PAIR_NUMERIC):]
+
+    @property
+    def categorical(self) -> list[int]:
+        """Matrix columns that hold category codes."""
+        return [i for i, n in enumerate(self.names) if n == CANDIDATE or n in CUSTOMER_CATEGORICAL]
+
+    @property
+    def missing_code(self) -> np.ndarray:
+        """Per matrix column, the code that stands for a missing value (= the number of real codes)."""
+        out = []
+        for name in self.names:
+            if name == CANDIDATE:
+                out.append(len(self.categories))
+            elif name in self.vocab:
+                out.append(len(self.vocab[name]))
+            else:
+                out.append(len(self.edges[name]) + 1)
+        return np.asarray(out, dtype=np.int64)
+
+    @classmethod
+    def fit(cls, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray, seed: int) -> FeatureEncoder:
+        rng = np.random.default_rng([seed, 7])
+        categories = list(profiles.categories)
+        edges: dict[str, np.ndarray] = {}
+        for name in PAIR_NUMERIC:
+            edges[name] = bin_edges(pairs.values[name][ci, ki], rng)
+        customer = profiles.customer
+        for name in CUSTOMER_NUMERIC:
+            edges[name] = bin_edges(customer[name].to_numpy()[ci], rng)
+        for j, c in enumerate(categories):
+            edges[spend_share_column(c)] = bin_edges(profiles.spend_share[ci, j], rng)
+            edges[order_share_column(c)] = bin_edges(profiles.order_share[ci, j], rng)
+        vocab: dict[str, list[str]] = {}
+        for name in CUSTOMER_CATEGORICAL:
+            values = customer[name].astype(object).to_numpy()[ci]
+            counts = pd.Series(values).dropna().astype(str).value_counts()
+            counts = counts.rename_axis("value").reset_index(name="n").sort_values(["n", "value"], ascending=[False, True])
+            vocab[name] = sorted(counts["value"].head(MAX_CATEGORIES))
+        return cls(categories=categories, edges=edges, vocab=vocab)
+
+    # -- codes ------------------------------------------------------------------------------
+
+    def candidate_codes(self, profiles: Profiles) -> np.ndarray:
+        """For each profile category, its candidate code (missing code for a category new since training)."""
+        position = {c: i for i, c in enumerate(self.categories)}
+        return np.asarray([position.get(c, len(self.categories)) for c in profiles.categories], dtype=np.int16)
+
+    def customer_codes(self, profiles: Profiles, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """(customers, customer features) int16 codes for the customers ``rows``."""
+        customer = profiles.customer
+        position = {c: i for i, c in enumerate(profiles.categories)}
+        columns = []
+        for name in CUSTOMER_NUMERIC:
+            columns.append(_bins(customer[name].to_numpy()[rows], self.edges[name]))
+        for name in CUSTOMER_CATEGORICAL:
+            cat = customer[name].array
+            known = {v: i for i, v in enumerate(self.vocab[name])}
+            lookup = np.asarray([known.get(str(v), len(known)) for v in cat.categories] + [len(known)], dtype=np.int16)
+            columns.append(lookup[cat.codes[rows]])  # code -1 (missing) reads the last entry
+        for share, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
+            block = share[rows]
+            for c in self.categories:
+                j = position.get(c)
+                values = block[:, j] if j is not None else np.zeros(len(block), dtype=np.float32)
+                columns.append(_bins(values, self.edges[column(c)]))
+        return np.column_stack(columns).astype(np.int16, copy=False)
+
+    def pair_codes(self, pairs: PairFeatures, name: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """(customers, profile categories) int16 codes of one pair feature for the customers ``rows``."""
+        values = pairs.values[name]
+        if values.strides[0] == 0:  # the same for every customer (popularity): code one row
+            return np.broadcast_to(_bins(values[0], self.edges[name]), values[rows].shape)
+        return _bins(values[rows], self.edges[name])
+
+    def codes(self, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray) -> np.ndarray:
+        """(rows, features) int16 codes of (customer index, profile category index) rows, in ``names`` order."""
+        candidate = self.candidate_codes(profiles)[ki]
+        pair = [_bins(pairs.values[name][ci, ki], self.edges[name]) for name in PAIR_NUMERIC]
+        return np.column_stack([candidate, *pair, self.customer_codes(profiles, ci)]).astype(np.int16, copy=False)
+
+    def matrix(self, codes: np.ndarray) -> np.ndarray:
+        """The model's input: codes as float64, NaN where missing."""
+        x = codes.astype(np.float64)
+        x[codes >= self.missing_code[None, :]] = np.nan
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact scoring by tables
+
+
+GRID_ROWS = 200_000
+
+
+@dataclass
+class AdditiveTables:
+    """Raw scores of a model that is additive per candidate category, as lookup tables.
+
+    ``base[k]`` is the raw score of candidate code k (k = K: unknown) at the reference input (every
+    other code 0); ``tables[j][k, v]`` is what setting feature j to code v (v = missing code:
+    missing) adds to it."""
+
+    base: np.ndarray  # (K + 1,)
+    tables: list[np.ndarray | None]  # per matrix column; None for the candidate column
+
+    @classmethod
+    def tabulate(cls, decision: Callable[[np.ndarray], np.ndarray], encoder: FeatureEncoder) -> AdditiveTables:
+        """Read the tables off a fitted model's ``decision`` function on a grid of codes."""
+        missing = encoder.missing_code
+        n_features = len(missing)
+        candidates = np.arange(len(encoder.categories) + 1, dtype=np.float64)
+        candidates[-1] = np.nan
+        reference = np.zeros((len(candidates), n_features))
+        reference[:, 0] = candidates
+        base = decision(reference)
+        tables: list[np.ndarray | None] = [None] * n_features
+        pending: list[int] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal size
+            blocks = []
+            for j in pending:
+                values = np.arange(missing[j] + 1, dtype=np.float64)
+                values[-1] = np.nan
+                block = np.zeros((len(candidates) * len(values), n_features))
+                block[:, 0] = np.repeat(candidates, len(values))
+                block[:, j] = np.tile(values, len(candidates))
+                blocks.append(block)
+            raw = decision(np.vstack(blocks))
+            start = 0
+            for j in pending:
+                width = int(missing[j]) + 1
+                stop = start + len(candidates) * width
+                tables[j] = raw[start:stop].reshape(len(candidates), width) - base[:, None]
+                start = stop
+            pending.clear()
+            size = 0
+
+        for j in range(1, n_features):
+            pending.append(j)
+            size += len(candidates) * (int(missing[j]) + 1)
+            if size >= GRID_ROWS:
+                flush()
+        if pending:
+            flush()
+        return cls(base=np.asarray(base, dtype=np.float64), tables=tables)
+
+    def raw_scores(
+        self, encoder: FeatureEncoder, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice
+    ) -> np.ndarray:
+        """(customers, profile categories) raw scores for the customers ``rows``, every category."""
+        candidate = encoder.candidate_codes(profiles).astype(np.int64)
+        customer = encoder.customer_codes(profiles, rows)
+        out = np.empty((customer.shape[0], len(candidate)), dtype=np.float64)
+        out[:] = self.base[candidate][None, :]
+        first_customer = 1 + len(PAIR_NUMERIC)
+        for offset, name in enumerate(PAIR_NUMERIC, start=1):
+            table = self.tables[offset][candidate]  # (categories, codes)
+            codes = encoder.pair_codes(pairs, name, rows).astype(np.int64)
+            out += table[np.arange(len(candidate))[None, :], codes]
+        for offset in range(customer.shape[1]):
+            table = np.ascontiguousarray(self.tables[first_customer + offset][candidate].T)  # (codes, categories)
+            out += table[customer[:, offset]]
+        return out
