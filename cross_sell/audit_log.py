@@ -26,6 +26,7 @@ create table if not exists {AUDIT_SCHEMA}.gate_log (
     evaluated_at timestamp, run_id varchar);
 alter table {AUDIT_SCHEMA}.gate_log add column if not exists basis varchar;
 alter table {AUDIT_SCHEMA}.load_log add column if not exists input_format varchar default 'canonical';
+alter table {AUDIT_SCHEMA}.load_log add column if not exists mode varchar default 'full';
 """
 
 
@@ -37,18 +38,37 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+FULL, DELTA = "full", "delta"
+
+
 def record_load(
-    conn: duckdb.DuckDBPyConnection, dataset: str, rows: int, source: str, run_id: str, input_format: str = "canonical"
+    conn: duckdb.DuckDBPyConnection,
+    dataset: str,
+    rows: int,
+    source: str,
+    run_id: str,
+    input_format: str = "canonical",
+    mode: str = FULL,
 ) -> str:
-    """Register a new load of ``dataset`` into the audit schema and return its id."""
+    """Register a new load of ``dataset`` into the audit schema and return its id. ``mode`` is
+    ``full`` (the load replaces the published table) or ``delta`` (new lines, upserted)."""
     ensure_tables(conn)
     load_id = uuid.uuid4().hex
     conn.execute(
-        f"insert into {AUDIT_SCHEMA}.load_log (dataset, load_id, loaded_at, row_count, source, run_id, input_format) "
-        "values (?, ?, ?, ?, ?, ?, ?)",
-        [dataset, load_id, _now(), rows, source, run_id, input_format],
+        f"insert into {AUDIT_SCHEMA}.load_log (dataset, load_id, loaded_at, row_count, source, run_id, input_format, mode) "
+        "values (?, ?, ?, ?, ?, ?, ?, ?)",
+        [dataset, load_id, _now(), rows, source, run_id, input_format, mode],
     )
     return load_id
+
+
+def current_mode(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
+    """Whether the current audit load of ``dataset`` is a ``full`` load or a ``delta``."""
+    ensure_tables(conn)
+    row = conn.execute(
+        f"select mode from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1", [dataset]
+    ).fetchone()
+    return (row[0] if row else None) or FULL
 
 
 def current_format(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:

@@ -74,14 +74,16 @@ def table_columns(conn: duckdb.DuckDBPyConnection, table: str, schema: str) -> l
     return [r[0] for r in rows]
 
 
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, select: str) -> int:
+    """Replace ``main.<table>`` with its SELECT in the caller's transaction; returns its row count."""
+    conn.execute(f'create or replace table "{PUBLISHED_SCHEMA}"."{table}" as {select}')
+    return int(conn.execute(f'select count(*) from "{PUBLISHED_SCHEMA}"."{table}"').fetchall()[0][0])
+
+
 def replace_tables(conn: duckdb.DuckDBPyConnection, selects: Mapping[str, str]) -> dict[str, int]:
     """Replace each ``main.<table>`` with its SELECT, all in one transaction; returns row counts."""
-    counts: dict[str, int] = {}
     with transaction(conn):
-        for table, select in selects.items():
-            conn.execute(f'create or replace table "{PUBLISHED_SCHEMA}"."{table}" as {select}')
-            counts[table] = int(conn.execute(f'select count(*) from "{PUBLISHED_SCHEMA}"."{table}"').fetchone()[0])
-    return counts
+        return {table: replace_table(conn, table, select) for table, select in selects.items()}
 
 
 def markdown(df: pd.DataFrame, float_digits: int = 4) -> str:

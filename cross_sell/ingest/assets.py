@@ -22,7 +22,7 @@ from cross_sell.ingest.landing import InputMissingError, find_files, find_source
 from cross_sell.ingest.source import SourceLayoutError, source_table
 from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
 from cross_sell.resources import InputFiles
-from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_tables, row_count, transaction, uri
+from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_table, row_count, transaction, uri
 
 OWNER = "team:data-platform"
 GROUP = "ingest"
@@ -60,6 +60,9 @@ class LandingConfig(dg.Config):
     """Purchase files from the landing folder to add to this load (the landing sensor sets it)."""
 
     landing_files: list[str] = []
+    delta: bool = False
+    """Incremental: land only ``landing_files`` (not the sources and earlier files) and publish
+    them as an upsert by purchase_id into the published purchases. Purchases only."""
 
 
 def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
@@ -93,19 +96,30 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 description=f"landing files hold canonical purchase lines; the input format is {input_format.name}",
                 metadata={"rule": "landing_files_canonical_only"},
             )
+        if config.delta and (ds is not PURCHASES or not config.landing_files):
+            raise dg.Failure(
+                description="an incremental (delta) load adds landing files to the purchases; "
+                f"give landing_files and select audit/purchases (this is {ds.table})",
+                metadata={"rule": "delta_needs_landing_files"},
+            )
         findings = []
         with connect(duckdb) as conn, transaction(conn):
             try:
                 if adapter:
                     report, findings = adapter(conn, files, input_files.adapter_options())
+                elif config.delta:
+                    report = landing_files.land_delta(
+                        conn, input_files.landing_path(), config.landing_files,
+                        contracts.column_names(ds.contract), context.run.run_id,
+                    )
                 else:
                     report = land(conn, ds.table, files, contracts.column_names(ds.contract))
-                if ds is PURCHASES and not adapter:  # plus accepted and new landing-folder files, upserted by purchase_id
+                if ds is PURCHASES and not adapter and not config.delta:  # plus accepted and new landing-folder files, upserted by purchase_id
                     report = landing_files.add_landed_files(
                         conn, report, input_files.landing_path(), config.landing_files,
                         contracts.column_names(ds.contract), context.run.run_id,
                     )
-                elif config.landing_files:
+                elif config.landing_files and ds is not PURCHASES:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
             except SourceLayoutError as exc:
                 raise dg.Failure(
@@ -117,8 +131,9 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                     description=f"Could not read {ds.table} input ({', '.join(f.name for f in files)}): {exc}",
                     metadata={"rule": "readable_input", "files": [str(f) for f in files]},
                 ) from exc
+            mode = audit_log.DELTA if config.delta else audit_log.FULL
             audit_log.record_load(
-                conn, ds.table, report.rows, ", ".join(map(str, report.files)), context.run.run_id, input_format.name
+                conn, ds.table, report.rows, ", ".join(map(str, report.files)), context.run.run_id, input_format.name, mode
             )
             preview = conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 5").df()
         if report.extra_columns:
@@ -132,6 +147,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             metadata={
                 "input_format": input_format.name,
+                "load_mode": mode,
                 **adapter_metadata,
                 "dagster/row_count": report.rows,
                 "dagster/uri": uri(duckdb, ds.table, AUDIT_SCHEMA),
@@ -296,9 +312,23 @@ def _published_spec(ds: Dataset) -> dg.AssetSpec:
     )
 
 
-@dg.multi_asset(specs=[_published_spec(ds) for ds in DATASETS], name="publish_inputs", pool="duckdb")
+def upsert_purchases(conn: duckdb.DuckDBPyConnection) -> int:
+    """Publish a delta load, in the caller's transaction: replace the published lines that share a
+    purchase_id with the new ones and add the rest. Returns how many published lines it replaced."""
+    replaced = conn.execute(
+        f"delete from purchases where purchase_id in (select purchase_id from {AUDIT_SCHEMA}.purchases)"
+    ).fetchall()[0][0]
+    conn.execute(f"insert into purchases {typed_select(conn, PURCHASES)}")
+    return int(replaced)
+
+
+@dg.multi_asset(
+    specs=[_published_spec(ds) for ds in DATASETS], name="publish_inputs", pool="duckdb", can_subset=True
+)
 def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> Iterator[dg.MaterializeResult]:
-    """Publish the audited inputs together, in one transaction, if and only if all their gates passed."""
+    """Publish the audited inputs together, in one transaction, if and only if all their gates
+    passed. A delta load of purchases (an incremental run) is upserted instead, on its own."""
+    selected = {key.path[-1] for key in context.selected_asset_keys}
     with connect(duckdb) as conn:
         missing = {ds.table: audit_log.gates_not_passed(conn, ds.table, ds.gates) for ds in DATASETS}
         missing = {table: gates for table, gates in missing.items() if gates}
@@ -316,14 +346,30 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
                 metadata={"input_formats": dg.MetadataValue.json(formats)},
             )
         input_format = formats[PURCHASES.table]
-        counts = replace_tables(
-            conn,
-            {**{ds.table: typed_select(conn, ds) for ds in DATASETS}, FORMAT_TABLE: publish_format_sql(input_format)},
-        )
+        delta = audit_log.current_mode(conn, PURCHASES.table) == audit_log.DELTA
+        if not delta and selected != {ds.table for ds in DATASETS}:
+            raise dg.Failure(
+                description="A full load publishes customers, products and purchases together, in one transaction; "
+                f"select all three (selected: {', '.join(sorted(selected))})",
+                metadata={"rule": "publish_together"},
+            )
+        full = [ds for ds in DATASETS if ds.table in selected and not (delta and ds is PURCHASES)]
+        extra: dict[str, dict] = {ds.table: {"load_mode": audit_log.FULL} for ds in full}
+        with transaction(conn):  # everything this step publishes, or nothing
+            counts = {ds.table: replace_table(conn, ds.table, typed_select(conn, ds)) for ds in full}
+            replace_table(conn, FORMAT_TABLE, publish_format_sql(input_format))
+            if delta and PURCHASES.table in selected:
+                replaced = upsert_purchases(conn)
+                counts[PURCHASES.table] = row_count(conn, PURCHASES.table)
+                extra[PURCHASES.table] = {"load_mode": audit_log.DELTA, "replaced_rows": replaced,
+                                          "delta_rows": row_count(conn, PURCHASES.table, AUDIT_SCHEMA)}
         span = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchone()
         loads = {ds.table: audit_log.current_load(conn, ds.table) for ds in DATASETS}
     for ds in DATASETS:
-        metadata = {"dagster/row_count": counts[ds.table], "dagster/uri": uri(duckdb, ds.table), "load_id": loads[ds.table]}
+        if ds.table not in selected:
+            continue
+        metadata = {"dagster/row_count": counts[ds.table], "dagster/uri": uri(duckdb, ds.table),
+                    "load_id": loads[ds.table], **extra[ds.table]}
         if ds is PURCHASES:
             metadata["input_format"] = input_format
             metadata["first_purchase"] = str(span[0])

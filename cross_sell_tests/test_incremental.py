@@ -1,0 +1,117 @@
+"""Incremental ingest: one new day of purchases upserted into the history gives exactly the
+outputs of a full recompute over the same lines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from cross_sell.definitions import ASSETS, CHECKS
+from cross_sell.resources import InputFiles
+from cross_sell_tests.conftest import read_table
+
+OUTPUTS = {
+    "purchases": "purchase_id",
+    "customers": "customer_id",
+    "customer_metrics": "customer_id",
+    "customer_category_matrix": "customer_id, product_category",
+    "product_affinity": "level, antecedent, consequent",
+    "cross_sell_scores": "customer_id, product_category",
+    "cross_sell_recommendations": "customer_id, rank",
+}
+DELTA_CONFIG = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"], "delta": True}}}}
+
+
+def _run(data: Path, landing: Path, warehouse: Path, selection, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [*ASSETS, *CHECKS],
+        selection=selection,
+        resources={
+            "duckdb": DuckDBResource(database=str(warehouse)),
+            "input_files": InputFiles(location=str(data), landing_location=str(landing)),
+        },
+        run_config=run_config or {},
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture
+def history_and_new_day(generated_data: Path, tmp_path: Path) -> tuple[Path, Path, pd.DataFrame]:
+    """The generated data without its last day (the history), and that day as a landing file."""
+    history = tmp_path / "history"
+    history.mkdir()
+    for name in ("customers", "products"):
+        found = next(generated_data.glob(f"{name[:-1]}*.parquet"))
+        shutil.copy(found, history / found.name)
+    purchases = pd.read_parquet(next(generated_data.glob("purchase*.parquet")))
+    day = pd.to_datetime(purchases["purchase_date"]).dt.normalize()
+    newest = day.max()
+    purchases[day < newest].to_parquet(history / "purchases.parquet", index=False)
+    new_day = purchases[day == newest]
+    assert len(new_day) > 0
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    new_day.to_parquet(landing / "new_day.parquet", index=False)
+    return history, landing, new_day
+
+
+def test_one_new_day_upserted_gives_the_outputs_of_a_full_recompute(history_and_new_day, tmp_path: Path) -> None:
+    history, landing, new_day = history_and_new_day
+
+    incremental = tmp_path / "incremental.duckdb"
+    assert _run(history, landing, incremental, "*").success
+    before = len(read_table(incremental, "purchases"))
+    ingest = _run(history, landing, incremental, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    assert ingest.success
+    landed = [e for e in ingest.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["audit", "purchases"])]
+    assert landed[0].materialization.metadata["dagster/row_count"].value == len(new_day)  # the day only
+    published = [e for e in ingest.get_asset_materialization_events() if e.asset_key == dg.AssetKey("purchases")]
+    assert published[0].materialization.metadata["load_mode"].value == "delta"
+    assert len(read_table(incremental, "purchases")) == before + len(new_day)
+    downstream = dg.AssetSelection.all() - dg.AssetSelection.groups("ingest")  # what automation refreshes
+    assert _run(history, landing, incremental, downstream).success
+
+    full_landing = tmp_path / "full_landing"
+    full_landing.mkdir()
+    shutil.copy(landing / "new_day.parquet", full_landing / "new_day.parquet")
+    full = tmp_path / "full.duckdb"
+    full_config = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"]}}}}
+    assert _run(history, full_landing, full, "*", full_config).success
+
+    for table, key in OUTPUTS.items():
+        ours, theirs = read_table(incremental, table, order_by=key), read_table(full, table, order_by=key)
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=False, rtol=1e-12, obj=table)
+    with duckdb.connect(str(full), read_only=True) as conn:
+        assert conn.execute("select count(*) from purchases").fetchall()[0][0] == before + len(new_day)
+
+
+def test_a_delta_that_fails_a_gate_publishes_nothing(history_and_new_day, tmp_path: Path) -> None:
+    history, landing, new_day = history_and_new_day
+    warehouse = tmp_path / "w.duckdb"
+    assert _run(history, landing, warehouse, "group:ingest").success
+    published = read_table(warehouse, "purchases", order_by="purchase_id")
+
+    broken = new_day.copy()
+    broken["customer_id"] = "nobody"
+    broken.to_parquet(landing / "new_day.parquet", index=False)
+    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    assert not result.success
+    [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == "referential_integrity"]
+    assert not gate.passed and gate.metadata["failing_count"].value == len(new_day)
+    pd.testing.assert_frame_equal(read_table(warehouse, "purchases", order_by="purchase_id"), published)
+
+
+def test_a_full_load_cannot_be_published_in_part(history_and_new_day, tmp_path: Path) -> None:
+    history, landing, _ = history_and_new_day
+    warehouse = tmp_path / "w.duckdb"
+    assert _run(history, landing, warehouse, "group:ingest").success
+    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "publishes customers, products and purchases together" in failure.step_failure_data.user_failure_data.description
