@@ -62,10 +62,11 @@ daily_refresh_job = dg.define_asset_job(
 
 landed_purchases_job = dg.define_asset_job(
     "ingest_landed_purchases",
-    selection=dg.AssetSelection.groups(INGEST_GROUP),
+    selection=dg.AssetSelection.assets(PURCHASES.audit_key, PURCHASES.table, landing_files.landing_files_log.key),
     tags={INGEST_TAG: "true"},
-    description="Ingest one new purchase file from the landing folder: land, gate, publish, archive. "
-    "Declarative automation then refreshes everything downstream.",
+    description="Incremental: land one new purchase file from the landing folder (and nothing else), gate it, "
+    "upsert it into the published purchases by purchase_id, archive it. Declarative automation then "
+    "refreshes everything downstream.",
 )
 
 daily_refresh_schedule = dg.ScheduleDefinition(
@@ -102,7 +103,7 @@ def purchase_landing_sensor(context: dg.SensorEvaluationContext, input_files: In
         run_requests=[
             dg.RunRequest(
                 run_key=landing_files.run_key(context.cursor, i, file),
-                run_config={"ops": {LANDING_OP: {"config": {"landing_files": [file.name]}}}},
+                run_config={"ops": {LANDING_OP: {"config": {"landing_files": [file.name], "delta": True}}}},
                 tags={LANDING_FILE_TAG: file.name},
             )
             for i, file in enumerate(tick.new)

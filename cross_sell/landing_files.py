@@ -233,12 +233,24 @@ def land_delta(
     if not new:
         raise LandingFileError("an incremental (delta) landing needs at least one file from the landing folder")
     report = land(conn, "purchases", new, contract_columns)
-    read = dict(conn.execute(f"select _source_file, count(*) from {AUDIT_SCHEMA}.purchases group by 1").fetchall())
+    published = conn.execute(
+        "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'purchases'"
+    ).fetchall()[0][0]
+    replacing = (
+        f"count(*) filter (where {KEY_COLUMN} in (select {KEY_COLUMN} from main.purchases))" if published else "0"
+    )
+    read = {
+        file: (int(rows), int(replaces))
+        for file, rows, replaces in conn.execute(
+            f"select _source_file, count(*), {replacing} from {AUDIT_SCHEMA}.purchases group by 1"
+        ).fetchall()
+    }
     ensure_log(conn)
     for path in new:
-        rows = int(read.get(str(path), 0))
+        rows, replaces = read.get(str(path), (0, 0))
         _record(conn, path.name, file_sha256(path), rows, LANDED, run_id, path,
-                f"{rows} rows read for an incremental publish (upsert by purchase_id)")
+                f"{rows} rows read, {replaces} of them replace published lines with the same purchase_id "
+                "(incremental upsert)")
     return report
 
 

@@ -37,6 +37,7 @@ INGEST = ["audit/customers", "audit/products", "audit/purchases", "customers", "
 # The whole product (ingest, stages, outputs, SLO report), whatever the stages hold.
 PRODUCT = dg.AssetSelection.assets("cross_sell_recommendations", "slo_report").upstream()
 DOWNSTREAM_OF_INGEST = PRODUCT - dg.AssetSelection.groups("ingest")
+INGEST_GROUP = dg.AssetSelection.groups("ingest")  # what the daily full refresh does for ingest
 DOWNSTREAM = [
     "customer_metrics",
     "customer_category_matrix",
@@ -142,7 +143,7 @@ def test_landing_sensor_requests_each_file_exactly_once(env: Env) -> None:
     tick1 = env.landing_tick(first.cursor)
     assert [r.tags[automation.LANDING_FILE_TAG] for r in tick1.run_requests] == ["a.csv"]
     request = tick1.run_requests[0]
-    assert request.run_config == {"ops": {"audit__purchases": {"config": {"landing_files": ["a.csv"]}}}}
+    assert request.run_config == {"ops": {"audit__purchases": {"config": {"landing_files": ["a.csv"], "delta": True}}}}
     dg.validate_run_config(env.defs.resolve_job_def("ingest_landed_purchases"), request.run_config)
 
     # Evaluated again with the new cursor: no duplicate request while the file still waits.
@@ -175,7 +176,7 @@ def test_landing_sensor_requests_each_file_exactly_once(env: Env) -> None:
 
 
 def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> None:
-    assert env.run_job("ingest_landed_purchases").success  # what the daily refresh does for ingest
+    assert env.materialize(INGEST_GROUP).success  # what the daily refresh does for ingest
     assert len(env.table("purchases")) == 6
 
     drop(env.landing, "new.csv", HEADER + NEW_LINES)
@@ -199,7 +200,7 @@ def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> Non
     assert len(env.table("purchases")) == 7
 
     # A later full refresh re-reads the source folder and keeps every accepted landed row.
-    assert env.run_job("ingest_landed_purchases").success
+    assert env.materialize(INGEST_GROUP).success
     purchases = env.table("purchases", "purchase_id").set_index("purchase_id")
     assert len(purchases) == 7 and purchases.loc["L1", "amount"] == 12
 
@@ -248,13 +249,13 @@ def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -
     assert len(env.table("audit.run_alerts")) == 2
 
     # The next ingest does not pick the rejected file up, and the sensor forgets it.
-    assert env.run_job("ingest_landed_purchases").success
+    assert env.materialize(INGEST_GROUP).success
     assert len(env.table("purchases")) == 6
     assert json.loads(env.landing_tick(tick.cursor).cursor)["requested"] == []
 
 
 def test_unreadable_landing_file_fails_its_run_and_is_rejected_unchanged(env: Env) -> None:
-    assert env.run_job("ingest_landed_purchases").success
+    assert env.materialize(INGEST_GROUP).success
     path = drop(env.landing, "empty.csv", "")  # 0 bytes: cannot even be read
     result = env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0])
     assert not result.success and result.get_failed_step_keys() == {"audit__purchases"}
