@@ -21,7 +21,7 @@ from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell.evaluate import main as evaluate_main
 from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
-from cross_sell.scoring.features import load_profiles, purchase_span
+from cross_sell.scoring.features import load_profiles, pair_features, purchase_span, rule_statistics
 from cross_sell.scoring.logic import NO_RULE, reason_rules, recommendation_reasons
 from cross_sell_tests.conftest import PROJECT_ROOT, make_resources, read_table
 
@@ -290,6 +290,45 @@ def test_train_and_score_from_warehouse_tables(sample: Built, tmp_path: Path) ->
     n, k = scored.profiles.shape
     assert len(scored.frame) == n * k - int(scored.profiles.owned.sum())
     assert {"train_s", "score_s", "fit_s"} <= set(timings)
+
+
+def test_null_amounts_count_as_no_spend(sample: Built, tmp_path: Path) -> None:
+    """A basket log carries no prices: NULL amounts are no spend (0 spend, 0 shares), and the
+    model still trains, evaluates and scores everyone."""
+    with duckdb.connect(str(tmp_path / "baskets.duckdb")) as conn:
+        conn.execute(f"attach '{sample.warehouse}' as src (read_only)")
+        conn.execute("create table customers as select * from src.customers")
+        conn.execute("create table products as select * from src.products")
+        conn.execute("create table purchases as select * replace (null::double as amount) from src.purchases")
+        conn.execute("detach src")
+        _, last = purchase_span(conn)
+        profiles = load_profiles(conn, last)
+        assert (profiles.spend_share == 0).all() and (profiles.customer.log_total_spend == 0).all()
+        assert (profiles.customer.log_avg_order_value == 0).all() and profiles.owned.any()
+        model = ml.train(conn, ml.ModelParams(max_train_rows=5_000))
+        scored = ml.score(conn, model)
+    n, k = profiles.shape
+    assert len(scored.score) == n * k - int(profiles.owned.sum())
+    assert np.isfinite(scored.score).all() and ((scored.score >= 0) & (scored.score <= 1)).all()
+    assert model.evaluation.metric(ev.MODEL, "roc_auc") > 0.5
+
+
+def test_table_scores_are_the_model_probabilities(sample: Built) -> None:
+    """The lookup tables the default model scores with give exactly what predict_proba gives."""
+    with duckdb.connect(str(sample.warehouse), read_only=True) as conn:
+        model = ml.load(ml.current_artifact(conn, sample.warehouse.parent / "models"))
+        _, last = purchase_span(conn)
+        profiles = load_profiles(conn, last)
+    assert model.tables is not None and model.metadata["scoring"].startswith("additive tables")
+    pairs = pair_features(profiles, rule_statistics(profiles.owned))
+    ci, ki = np.nonzero(~profiles.owned)
+    exact = ml.predict(model, profiles, pairs, ci.astype(np.int32), ki.astype(np.int32))
+    fast = ml.predict_rows(model, profiles, pairs, ci, ki)
+    np.testing.assert_allclose(fast, exact, rtol=0, atol=1e-12)
+    # The trees really combine the candidate category with one other feature at most.
+    trees = model.estimator.calibrated_classifiers_[0].estimator
+    trees = getattr(trees, "estimator", trees)  # unwrap FrozenEstimator (large training sets)
+    assert trees.interaction_cst == [[0, j] for j in range(1, len(model.encoder.names))]
 
 
 # ---------------------------------------------------------------------------------------------

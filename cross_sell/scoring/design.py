@@ -78,6 +78,9 @@ class FeatureEncoder:
     categories: list[str]  # the training categories: candidate codes and share columns
     edges: dict[str, np.ndarray]  # numeric feature -> bin edges
     vocab: dict[str, list[str]]  # categorical customer feature -> known values (sorted)
+    # Features with no known value in the training rows (no incomes in a basket log): coded 0 for
+    # everyone, a constant the trees ignore (an all-missing column would break their binning).
+    constant: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -98,7 +101,9 @@ class FeatureEncoder:
         """Per matrix column, the code that stands for a missing value (= the number of real codes)."""
         out = []
         for name in self.names:
-            if name == CANDIDATE:
+            if name in self.constant:
+                out.append(1)  # code 0 is the constant
+            elif name == CANDIDATE:
                 out.append(len(self.categories))
             elif name in self.vocab:
                 out.append(len(self.vocab[name]))
@@ -111,21 +116,29 @@ class FeatureEncoder:
         rng = np.random.default_rng([seed, 7])
         categories = list(profiles.categories)
         edges: dict[str, np.ndarray] = {}
+        empty: set[str] = set()
+
+        def fit_edges(name: str, values: np.ndarray) -> None:
+            if not np.isfinite(values).any():
+                empty.add(name)
+            edges[name] = bin_edges(values, rng)
+
         for name in PAIR_NUMERIC:
-            edges[name] = bin_edges(pairs.values[name][ci, ki], rng)
+            fit_edges(name, pairs.values[name][ci, ki])
         customer = profiles.customer
         for name in CUSTOMER_NUMERIC:
-            edges[name] = bin_edges(customer[name].to_numpy()[ci], rng)
+            fit_edges(name, customer[name].to_numpy()[ci])
         for j, c in enumerate(categories):
-            edges[spend_share_column(c)] = bin_edges(profiles.spend_share[ci, j], rng)
-            edges[order_share_column(c)] = bin_edges(profiles.order_share[ci, j], rng)
+            fit_edges(spend_share_column(c), profiles.spend_share[ci, j])
+            fit_edges(order_share_column(c), profiles.order_share[ci, j])
         vocab: dict[str, list[str]] = {}
         for name in CUSTOMER_CATEGORICAL:
             values = customer[name].astype(object).to_numpy()[ci]
             counts = pd.Series(values).dropna().astype(str).value_counts()
             counts = counts.rename_axis("value").reset_index(name="n").sort_values(["n", "value"], ascending=[False, True])
             vocab[name] = sorted(counts["value"].head(MAX_CATEGORIES))
-        return cls(categories=categories, edges=edges, vocab=vocab)
+        constant = [n for n in feature_names(categories) if n in empty or (n in vocab and not vocab[n])]
+        return cls(categories=categories, edges=edges, vocab=vocab, constant=tuple(constant))
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -152,11 +165,17 @@ class FeatureEncoder:
                 j = position.get(c)
                 values = block[:, j] if j is not None else np.zeros(len(block), dtype=np.float32)
                 columns.append(_bins(values, self.edges[column(c)]))
-        return np.column_stack(columns).astype(np.int16, copy=False)
+        out = np.column_stack(columns).astype(np.int16, copy=False)
+        for j, name in enumerate(self.customer_names):
+            if name in self.constant:
+                out[:, j] = 0
+        return out
 
     def pair_codes(self, pairs: PairFeatures, name: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """(customers, profile categories) int16 codes of one pair feature for the customers ``rows``."""
         values = pairs.values[name]
+        if name in self.constant:
+            return np.zeros(values[rows].shape, dtype=np.int16)
         if values.strides[0] == 0:  # the same for every customer (popularity): code one row
             return np.broadcast_to(_bins(values[0], self.edges[name]), values[rows].shape)
         return _bins(values[rows], self.edges[name])
@@ -164,7 +183,10 @@ class FeatureEncoder:
     def codes(self, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray) -> np.ndarray:
         """(rows, features) int16 codes of (customer index, profile category index) rows, in ``names`` order."""
         candidate = self.candidate_codes(profiles)[ki]
-        pair = [_bins(pairs.values[name][ci, ki], self.edges[name]) for name in PAIR_NUMERIC]
+        pair = [
+            np.zeros(len(ci), dtype=np.int16) if name in self.constant else _bins(pairs.values[name][ci, ki], self.edges[name])
+            for name in PAIR_NUMERIC
+        ]
         return np.column_stack([candidate, *pair, self.customer_codes(profiles, ci)]).astype(np.int16, copy=False)
 
     def matrix(self, codes: np.ndarray) -> np.ndarray:
