@@ -62,9 +62,46 @@ def bin_edges(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (cuts[:-1] + cuts[1:]) / 2
 
 
+GRID = 1 << 16
+MAX_EDGES_PER_CELL = 4
+
+
+def _grid_cells(values: np.ndarray, low: float, scale: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        cells = (np.asarray(values, dtype=np.float64) - low) * scale
+        np.nan_to_num(cells, copy=False, nan=0.0)
+        np.clip(cells, 0, GRID - 1, out=cells)
+        return cells.astype(np.int32)
+
+
+def _count_below(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(edges, values, side="left")`` (how many edges lie below each value), by a
+    uniform grid over the edges' range: a value's cell says how many edges lie in earlier cells
+    (all of them below it, as cells are monotone in the value), and only the few edges in its own
+    cell are compared. Exact; falls back to searchsorted when edges crowd into one cell."""
+    m = len(edges)
+    if m == 0:
+        return np.zeros(np.shape(values), dtype=np.int16)
+    low, high = float(edges[0]), float(edges[-1])
+    scale = (GRID - 1) / (high - low) if high > low else 0.0
+    per_cell = np.bincount(_grid_cells(edges, low, scale), minlength=GRID)
+    crowd = int(per_cell.max())
+    if crowd > MAX_EDGES_PER_CELL:
+        return np.searchsorted(edges, values, side="left").astype(np.int16)
+    first = (np.cumsum(per_cell) - per_cell).astype(np.int16)
+    cells = _grid_cells(values, low, scale)
+    start, inside = first[cells], per_cell[cells].astype(np.int16)
+    padded = np.append(np.asarray(edges, dtype=np.float64), np.inf)
+    v = np.asarray(values, dtype=np.float64)
+    count = start.copy()
+    for e in range(crowd):
+        count += (v > padded[np.minimum(start + e, m)]) & (inside > e)
+    return count
+
+
 def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin index of each value (int16); missing values get ``len(edges) + 1``, one past the last bin."""
-    codes = np.searchsorted(edges, values, side="left").astype(np.int16)
+    codes = _count_below(values, edges)
     missing = np.isnan(values)
     if missing.any():
         codes[missing] = len(edges) + 1

@@ -42,6 +42,7 @@ CUSTOMER_NUMERIC = (
 CUSTOMER_CATEGORICAL = ("education", "marital_status", "country")
 PAIR_NUMERIC = ("popularity", "rule_confidence", "rule_lift", "log_lift_sum", "weighted_confidence")
 HIDDEN_VIEW = "_cross_sell_hidden"
+ORDER_LINES = "_cross_sell_order_lines"
 
 
 def spend_share_column(category: str) -> str:
@@ -89,9 +90,10 @@ class PairFeatures:
     values: dict[str, np.ndarray]
 
 
-_CODES = """
+_CUSTOMERS = """
     cust as (select customer_id, signup_date, birth_year, income, education, marital_status, country,
-                    (row_number() over (order by customer_id) - 1)::integer as ci from customers),
+                    (row_number() over (order by customer_id) - 1)::integer as ci from customers)"""
+_CODES = _CUSTOMERS + """,
     cat as (select product_category, (row_number() over (order by product_category) - 1)::integer as ki
             from (select distinct product_category from products)),
     lines as (
@@ -126,23 +128,36 @@ def load_profiles(
     if hidden is not None:
         conn.register(HIDDEN_VIEW, pd.DataFrame({"ci": hidden[0].astype(np.int32), "ki": hidden[1].astype(np.int32)}))
     try:
-        prefix = _with(hidden is not None)
         params = {"as_of": as_of.to_pydatetime()}
-        pairs = conn.execute(
-            prefix
+        # One pass over the purchase lines (joined to their customer and category codes) down to
+        # one row per customer, category and order; both aggregations below read that instead of
+        # the lines, and neither needs a distinct count.
+        conn.execute(
+            f"create or replace temp table {ORDER_LINES} as "
+            + _with(hidden is not None)
             + """
-            select ci, ki,
-                   count(distinct order_id) filter (where purchase_date <= $as_of)::integer as orders,
-                   coalesce(sum(amount) filter (where purchase_date <= $as_of), 0)::double as spend,
+            select ci, ki, order_id,
+                   bool_or(purchase_date <= $as_of) as before,
+                   min(purchase_date) filter (where purchase_date <= $as_of) as first_at,
+                   sum(amount) filter (where purchase_date <= $as_of) as amount_before,
                    bool_or(purchase_date > $as_of) as after
-            from lines group by ci, ki""",
+            from lines group by ci, ki, order_id""",
             params,
+        )
+        pairs = conn.execute(
+            f"""
+            select ci, ki,
+                   count(*) filter (where before)::integer as orders,
+                   coalesce(sum(amount_before), 0)::double as spend,
+                   bool_or(after) as after
+            from {ORDER_LINES} group by ci, ki""",
         ).fetchnumpy()
         customer = conn.execute(
-            prefix
-            + """,
-            orders as (select ci, order_id, min(purchase_date) as ordered_at, sum(amount) as order_amount
-                       from lines where purchase_date <= $as_of group by ci, order_id),
+            "with "
+            + _CUSTOMERS
+            + f""",
+            orders as (select ci, order_id, min(first_at) as ordered_at, sum(amount_before) as order_amount
+                       from {ORDER_LINES} where before group by ci, order_id),
             per as (select ci, count(*) as orders, sum(order_amount) as total_spend,
                            min(ordered_at) as first_order, max(ordered_at) as last_order
                     from orders group by ci)
@@ -165,6 +180,7 @@ def load_profiles(
             params,
         ).df()
     finally:
+        conn.execute(f"drop table if exists {ORDER_LINES}")
         if hidden is not None:
             conn.unregister(HIDDEN_VIEW)
 
