@@ -35,9 +35,6 @@ PURCHASE_LINES = (
     "select p.customer_id, p.order_id, p.product_id, pr.product_category "
     "from purchases p join products pr using (product_id)"
 )
-# Customer-basis category rules need only who owns which category: one row per pair, several
-# times fewer rows to read than the purchase lines.
-CUSTOMER_CATEGORIES = "select customer_id, product_category from customer_category_matrix"
 
 
 @dg.asset(
@@ -60,8 +57,7 @@ def product_affinity(
     relation, tx = PURCHASE_LINES, "customer_id" if config.basis == "customer" else "order_id"
     with connect(duckdb) as conn:
         frames = []
-        category_relation = CUSTOMER_CATEGORIES if config.basis == "customer" else relation
-        tx_codes, item_codes, names = encode_pairs(conn, category_relation, tx, "product_category")
+        tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_category")
         frames.append(association_rules(tx_codes, item_codes, names, min_support=config.min_support, level="category"))
         if config.product_level:
             tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_id")
