@@ -74,6 +74,8 @@ def test_one_new_day_upserted_gives_the_outputs_of_a_full_recompute(history_and_
     published = [e for e in ingest.get_asset_materialization_events() if e.asset_key == dg.AssetKey("purchases")]
     assert published[0].materialization.metadata["load_mode"].value == "delta"
     assert len(read_table(incremental, "purchases")) == before + len(new_day)
+    [drop] = [e for e in ingest.get_asset_check_evaluations() if e.check_name == "row_count_drop"]
+    assert drop.passed  # a small increment is not a drop
     downstream = dg.AssetSelection.all() - dg.AssetSelection.groups("ingest")  # what automation refreshes
     assert _run(history, landing, incremental, downstream).success
 
