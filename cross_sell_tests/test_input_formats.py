@@ -262,3 +262,34 @@ def test_a_file_of_the_wrong_layout_fails_landing_with_the_columns_it_needs(tmp_
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.user_failure_data.description
     assert "spend_summary input needs" in message and "itemDescription" in message
+
+
+def test_basket_log_options_category_column_iso_dates_and_a_bad_date(tmp_path: Path) -> None:
+    """Another basket log: semicolons, ISO dates (date_format), its own category column; then a
+    date that does not match the format fails the contract gate with its value, never guessed."""
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "customer;order_date;item;category\n"
+        "A;2025-03-01;Brie;Cheese\nA;2025-03-01;Brie;Cheese\nA;2025-03-02;Merlot ;Wine\nB;2025-03-02;merlot;Wine\n"
+    )
+    warehouse = tmp_path / "w.duckdb"
+    resources = {
+        "duckdb": DuckDBResource(database=str(warehouse)),
+        "input_files": InputFiles(location=str(log), input_format="basket_log", date_format="%Y-%m-%d"),
+    }
+    result = dg.materialize([*ASSETS, *CHECKS], selection="group:ingest", resources=resources, raise_on_error=False)
+    assert result.success
+    products = read_table(warehouse, "products", order_by="product_id")
+    assert products[["product_id", "product_category"]].values.tolist() == [["brie", "Cheese"], ["merlot", "Wine"]]
+    purchases = read_table(warehouse, "purchases", order_by="purchase_id")
+    assert purchases[["order_id", "quantity"]].values.tolist() == [
+        ["A|2025-03-01", 2], ["A|2025-03-02", 1], ["B|2025-03-02", 1]
+    ]
+
+    log.write_text("customer;order_date;item\nA;01/03/2025;Brie\n")
+    result = dg.materialize([*ASSETS, *CHECKS], selection="group:ingest", resources=resources, raise_on_error=False)
+    assert not result.success
+    gate = check_evaluation(result, "contract", ["audit", "purchases"])
+    assert gate.metadata["failure_counts"].value == {"type:timestamp": {"purchase_date": 1}}
+    assert "01/03/2025" in gate.metadata["failing_rows_sample"].value
+    assert len(read_table(warehouse, "purchases")) == 3  # the last good load stays published
