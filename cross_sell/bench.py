@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,44 @@ GIB = 1024**3
 class StepTiming:
     step: str
     seconds: float
+    start: float = 0.0  # epoch seconds
+    end: float = 0.0
+
+
+class RssSampler:
+    """Samples this process's resident set size every ``interval`` seconds in a thread, so each
+    step's peak can be read off afterwards (ru_maxrss only knows the whole run's)."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.time(), self.current()))
+            except OSError:  # not Linux: no per-step figures
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak(self, start: float, end: float) -> int | None:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return max(inside) if inside else None
 
 
 def peak_rss_bytes() -> int:
@@ -73,7 +112,9 @@ def step_timings(instance: dg.DagsterInstance, run_id: str) -> list[StepTiming]:
         if event.event_type_value == "STEP_START":
             starts[event.step_key] = entry.timestamp
         elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in starts:
-            timings.append(StepTiming(event.step_key, entry.timestamp - starts[event.step_key]))
+            timings.append(
+                StepTiming(event.step_key, entry.timestamp - starts[event.step_key], starts[event.step_key], entry.timestamp)
+            )
     return timings
 
 
@@ -183,15 +224,20 @@ def main(argv: list[str] | None = None) -> int:
 
         rss_before = peak_rss_bytes()
         instance = dg.DagsterInstance.ephemeral()
-        result, total = run_graph(data_dir, warehouse, instance)
+        with RssSampler() as sampler:
+            result, total = run_graph(data_dir, warehouse, instance)
         peak = peak_rss_bytes()
         if not result.success:
             print("the run FAILED:", [e.step_key for e in result.get_step_failure_events()])
             return 1
         timings = step_timings(instance, result.run_id)
         floor = floor_seconds(data_dir)
-        rows = [[t.step, f"{t.seconds:.2f}", f"{t.seconds / total:.0%}"] for t in timings]
-        print(table(rows, ["step", "wall s", "share"]))
+        rows = []
+        for t in timings:
+            step_peak = sampler.peak(t.start, t.end)
+            rows.append([t.step, f"{t.seconds:.2f}", f"{t.seconds / total:.0%}",
+                         f"{step_peak / GIB:.2f}" if step_peak is not None else "n/a"])
+        print(table(rows, ["step", "wall s", "share", "peak RSS GiB (sampled)"]))
         print()
         summary = [
             ["purchase lines", f"{args.purchases:,}"],
