@@ -331,6 +331,34 @@ def test_table_scores_are_the_model_probabilities(sample: Built) -> None:
     assert trees.interaction_cst == [[0, j] for j in range(1, len(model.encoder.names))]
 
 
+def test_scores_gate_in_customer_slices_is_the_whole_frame_check() -> None:
+    """The scores' contract gate runs over slices of whole customers; a duplicate pair or a score
+    out of range is caught wherever it sits, and rows out of customer order are checked at once."""
+    from types import SimpleNamespace
+
+    from cross_sell.scoring.assets import gate_scores
+
+    profiles = SimpleNamespace(customer_ids=np.array([f"C{i}" for i in range(50)], dtype=object), categories=["A", "B", "C"])
+    ci = np.repeat(np.arange(50, dtype=np.int32), 3)
+    ki = np.tile(np.arange(3, dtype=np.int8), 50)
+    score = np.linspace(0, 1, len(ci))
+
+    def gate(ci, ki, score):
+        return gate_scores(ml.Scored(ci=ci, ki=ki, score=score, profiles=profiles), chunk_rows=20)
+
+    passed = gate(ci, ki, score)
+    assert passed.passed and passed.metadata["rows_checked"].value == 150
+    duplicate = ki.copy()
+    duplicate[100] = duplicate[101]  # customer 33 gets category B twice, inside one slice
+    failed = gate(ci, duplicate, score)
+    assert not failed.passed and "unique" in failed.description.lower()
+    out_of_range = score.copy()
+    out_of_range[149] = 1.5
+    assert not gate(ci, ki, out_of_range).passed
+    shuffled = np.r_[ci[75:], ci[:75]]  # not in customer order: one whole-frame check
+    assert gate(shuffled, ki, score).passed
+
+
 # ---------------------------------------------------------------------------------------------
 # Metrics and reasons, worked by hand
 
