@@ -21,7 +21,7 @@ from cross_sell.quality import (
 from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
 from cross_sell.scoring.logic import reason_rules, recommendation_reasons, rule_matrices, top_n
-from cross_sell.warehouse import PUBLISHED_SCHEMA, connect, markdown, replace_with_frame, transaction, uri
+from cross_sell.warehouse import PUBLISHED_SCHEMA, connect, markdown, transaction, uri
 
 OWNER = "team:customer-analytics"
 GROUP = "scoring"
@@ -284,23 +284,22 @@ def gate_scores(scored: ml.Scored, chunk_rows: int = GATE_CHUNK_ROWS) -> dg.Asse
 
 
 def publish_scores(conn, scored: ml.Scored) -> None:
-    """Replace main.cross_sell_scores in one transaction, straight from the score arrays. With
-    pyarrow installed the ids and categories travel as Arrow dictionaries (codes plus one copy of
-    each name: no Python string per row, about twice as fast); without it, as pandas categoricals."""
-    try:
-        import pyarrow as pa
-    except ImportError:
-        replace_with_frame(conn, "cross_sell_scores", scored.frame)
-        return
-    table = pa.table(
+    """Replace main.cross_sell_scores in one transaction, straight from the score arrays: the ids
+    and categories travel as Arrow dictionaries (codes plus one copy of each name, no Python
+    string per row)."""
+    import pyarrow  # imported when scoring, not when the definitions load
+
+    table = pyarrow.table(
         {
-            "customer_id": pa.DictionaryArray.from_arrays(
-                pa.array(scored.ci, type=pa.int32()), pa.array(scored.profiles.customer_ids, type=pa.string())
+            "customer_id": pyarrow.DictionaryArray.from_arrays(
+                pyarrow.array(scored.ci, type=pyarrow.int32()),
+                pyarrow.array(scored.profiles.customer_ids, type=pyarrow.string()),
             ),
-            "product_category": pa.DictionaryArray.from_arrays(
-                pa.array(scored.ki.astype(np.int32), type=pa.int32()), pa.array(scored.profiles.categories, type=pa.string())
+            "product_category": pyarrow.DictionaryArray.from_arrays(
+                pyarrow.array(scored.ki.astype(np.int32), type=pyarrow.int32()),
+                pyarrow.array(scored.profiles.categories, type=pyarrow.string()),
             ),
-            "score": pa.array(scored.score, type=pa.float64()),
+            "score": pyarrow.array(scored.score, type=pyarrow.float64()),
         }
     )
     view = "_frame_cross_sell_scores"
