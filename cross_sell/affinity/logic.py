@@ -25,12 +25,22 @@ RULE_COLUMNS = [
 ]
 
 
+def dense_codes(codes: np.ndarray) -> np.ndarray:
+    """``codes`` renumbered 0..n-1 in order (n distinct values). Non-negative integer codes of
+    modest range (as the warehouse encoding returns) take one counting pass, no sort."""
+    codes = np.asarray(codes)
+    if np.issubdtype(codes.dtype, np.integer) and codes.min() >= 0 and codes.max() < 4 * len(codes) + 1024:
+        present = np.bincount(codes) > 0
+        return (np.cumsum(present) - 1)[codes]
+    return np.unique(codes, return_inverse=True)[1]
+
+
 def co_occurrence(transaction_codes: np.ndarray, item_codes: np.ndarray, n_items: int) -> tuple[sparse.csr_matrix, int]:
     """Pair counts ``X^T X`` for (transaction, item) code pairs (duplicates allowed) and the
     number of distinct transactions."""
     if len(transaction_codes) == 0:
         return sparse.csr_matrix((n_items, n_items), dtype=np.int64), 0
-    _, tx = np.unique(transaction_codes, return_inverse=True)
+    tx = dense_codes(transaction_codes)
     n_tx = int(tx.max()) + 1
     x = sparse.csr_matrix(
         (np.ones(len(tx), dtype=np.int32), (tx, item_codes)), shape=(n_tx, n_items), dtype=np.int32
