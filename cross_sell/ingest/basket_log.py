@@ -75,6 +75,17 @@ def _lines_sql(table: str, roles: dict[str, str | None], date_format: str) -> st
     )
 
 
+def _land_log(
+    conn: duckdb.DuckDBPyConnection, dataset: str, files: list[Path], options: AdapterOptions
+) -> tuple[LandingReport, str, dict[str, str | None], str]:
+    """Land the log as text for ``dataset``: the source report, its table, the columns playing
+    each role and the SQL of its canonical lines."""
+    source = land_source(conn, dataset, files)
+    table = f"{AUDIT_SCHEMA}.{source_table(dataset)}"
+    roles = _roles(conn, dataset)
+    return source, table, roles, _lines_sql(table, roles, options.date_format)
+
+
 def land_customers(conn: duckdb.DuckDBPyConnection, files: list[Path], options: AdapterOptions) -> tuple[LandingReport, list[Finding]]:
     source = land_source(conn, "customers", files)
     table = f"{AUDIT_SCHEMA}.{source_table('customers')}"
@@ -88,10 +99,7 @@ def land_customers(conn: duckdb.DuckDBPyConnection, files: list[Path], options: 
 
 
 def land_products(conn: duckdb.DuckDBPyConnection, files: list[Path], options: AdapterOptions) -> tuple[LandingReport, list[Finding]]:
-    source = land_source(conn, "products", files)
-    table = f"{AUDIT_SCHEMA}.{source_table('products')}"
-    roles = _roles(conn, "products")
-    lines = _lines_sql(table, roles, options.date_format)
+    source, table, roles, lines = _land_log(conn, "products", files, options)
     select = (
         "select product_id, mode(product_name) as product_name, "
         "coalesce(mode(product_category), mode(product_name)) as product_category, null::varchar as price, "
@@ -119,10 +127,7 @@ def land_products(conn: duckdb.DuckDBPyConnection, files: list[Path], options: A
 
 
 def land_purchases(conn: duckdb.DuckDBPyConnection, files: list[Path], options: AdapterOptions) -> tuple[LandingReport, list[Finding]]:
-    source = land_source(conn, "purchases", files)
-    table = f"{AUDIT_SCHEMA}.{source_table('purchases')}"
-    roles = _roles(conn, "purchases")
-    lines = _lines_sql(table, roles, options.date_format)
+    source, table, roles, lines = _land_log(conn, "purchases", files, options)
     select = (
         "select customer_id || '|' || day || '|' || product_id as purchase_id, customer_id || '|' || day as order_id, "
         "customer_id, product_id, day as purchase_date, count(*)::varchar as quantity, null::varchar as amount, "
