@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cross_sell import settings
-from cross_sell.ingest.formats import FORMAT_NAMES, InputFormat, get_format
+from cross_sell.ingest.formats import InputFormat, get_format
 from cross_sell.ingest.source import AdapterOptions
 
 
@@ -37,8 +37,6 @@ class InputFiles(dg.ConfigurableResource):
     def adapter_options(self) -> AdapterOptions:
         return AdapterOptions(date_format=self.date_format, as_of_date=self.as_of_date)
 
-
-INPUT_FORMATS = FORMAT_NAMES
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:

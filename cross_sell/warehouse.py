@@ -13,7 +13,7 @@ process leaves the previous tables exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,11 +79,6 @@ def replace_table(conn: duckdb.DuckDBPyConnection, table: str, select: str) -> i
     conn.execute(f'create or replace table "{PUBLISHED_SCHEMA}"."{table}" as {select}')
     return int(conn.execute(f'select count(*) from "{PUBLISHED_SCHEMA}"."{table}"').fetchall()[0][0])
 
-
-def replace_tables(conn: duckdb.DuckDBPyConnection, selects: Mapping[str, str]) -> dict[str, int]:
-    """Replace each ``main.<table>`` with its SELECT, all in one transaction; returns row counts."""
-    with transaction(conn):
-        return {table: replace_table(conn, table, select) for table, select in selects.items()}
 
 
 def markdown(df: pd.DataFrame, float_digits: int = 4) -> str:
