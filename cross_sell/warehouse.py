@@ -130,3 +130,23 @@ def encode_pairs(
     finally:
         conn.unregister("_right_codes")
     return np.asarray(left_codes), np.asarray(arrays["r"]), names
+
+
+def distinct_item_sets(
+    conn: duckdb.DuckDBPyConnection, relation: str, left: str, right: str, max_items: int
+) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Each ``left`` value's set of ``right`` values as a bit mask (bit i = the i-th name, sorted),
+    counted in DuckDB: the distinct masks, how many left values have each, and the names. None
+    when there are more than ``max_items`` distinct right values (a mask holds at most 64 bits)."""
+    pairs = f"select {left} as l, {right} as r from ({relation}) where {left} is not null and {right} is not null"
+    names = [row[0] for row in conn.execute(f"select distinct r from ({pairs}) order by 1").fetchall()]
+    if len(names) > max_items:
+        return None
+    arrays = conn.execute(
+        f"""with p as ({pairs}),
+                codes as (select r, (row_number() over (order by r) - 1)::ubigint as code from (select distinct r from p))
+            select mask, count(*) as n
+            from (select l, bit_or(1::ubigint << code) as mask from p join codes using (r) group by l)
+            group by mask"""
+    ).fetchnumpy()
+    return np.asarray(arrays["mask"], dtype=np.uint64), np.asarray(arrays["n"], dtype=np.int64), names

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cross_sell.affinity.logic import association_rules
+from cross_sell.affinity.logic import MASK_ITEMS, association_rules, association_rules_from_masks, co_occurrence
 from cross_sell.scoring.logic import NO_RULE, reason_codes, reason_texts, rule_matrices, rule_scores, top_n
 
 
@@ -58,6 +58,44 @@ def test_min_support_drops_both_directions() -> None:
 def test_no_transactions_gives_empty_rules_with_columns() -> None:
     rules = association_rules(np.array([], dtype=int), np.array([], dtype=int), ["A"])
     assert rules.empty and "lift" in rules.columns
+
+
+def _pair_counts_by_set(tx: np.ndarray, items: np.ndarray, n_items: int) -> tuple[np.ndarray, int]:
+    """Pair counts the slow, obvious way: each transaction's set of items, every pair counted."""
+    counts = np.zeros((n_items, n_items), dtype=np.int64)
+    baskets: dict[int, set[int]] = {}
+    for t, i in zip(tx.tolist(), items.tolist()):
+        baskets.setdefault(t, set()).add(i)
+    for basket in baskets.values():
+        for a in basket:
+            for b in basket:
+                counts[a, b] += 1
+    return counts, len(baskets)
+
+
+@pytest.mark.parametrize("n_items", [1, 7, 8, 9, 30, MASK_ITEMS, MASK_ITEMS + 1, 100])
+@pytest.mark.parametrize("repeats", [False, True])
+def test_pair_counts_match_counting_by_hand(n_items: int, repeats: bool) -> None:
+    # Bit masks (up to MASK_ITEMS items, no repeated pair) and the sparse product (more items, or
+    # a repeated pair) must both count exactly what counting basket by basket counts.
+    rng = np.random.default_rng(n_items)
+    tx, items = rng.integers(0, 300, 2000), rng.integers(0, n_items, 2000)
+    if not repeats:
+        key = np.unique(tx * n_items + items)
+        tx, items = key // n_items, key % n_items
+    tx = tx * 7 + 5  # codes with gaps, as a warehouse encoding may give
+    pairs, n_tx = co_occurrence(tx, items, n_items)
+    expected, expected_tx = _pair_counts_by_set(tx, items, n_items)
+    assert n_tx == expected_tx
+    np.testing.assert_array_equal(pairs.toarray(), expected)
+
+
+def test_rules_from_distinct_masks_equal_rules_from_pairs() -> None:
+    # customers: {A,B}, {A,B}, {A,C}, {B}, as masks A=1, B=2, C=4 counted once per distinct set.
+    names = ["A", "B", "C"]
+    from_pairs = _rules([(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 2), (3, 1)], names)
+    from_masks = association_rules_from_masks(np.array([3, 5, 2], dtype=np.uint64), np.array([2, 1, 1]), names)
+    pd.testing.assert_frame_equal(from_masks, from_pairs)
 
 
 def test_rule_scores_max_confidence_or_popularity() -> None:

@@ -10,9 +10,9 @@ from dagster_duckdb import DuckDBResource
 
 from cross_sell import contracts
 from cross_sell.affinity import heatmap
-from cross_sell.affinity.logic import RULE_COLUMNS, association_rules
+from cross_sell.affinity.logic import MASK_ITEMS, RULE_COLUMNS, association_rules, association_rules_from_masks
 from cross_sell.quality import gated_publish, output_contract_spec
-from cross_sell.warehouse import connect, encode_pairs, markdown, uri
+from cross_sell.warehouse import connect, distinct_item_sets, encode_pairs, markdown, uri
 
 OWNER = "team:customer-analytics"
 GROUP = "affinity"
@@ -57,8 +57,12 @@ def product_affinity(
     relation, tx = PURCHASE_LINES, "customer_id" if config.basis == "customer" else "order_id"
     with connect(duckdb) as conn:
         frames = []
-        tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_category")
-        frames.append(association_rules(tx_codes, item_codes, names, min_support=config.min_support, level="category"))
+        item_sets = distinct_item_sets(conn, relation, tx, "product_category", MASK_ITEMS)
+        if item_sets is not None:  # few categories: each transaction's categories as one bit mask
+            frames.append(association_rules_from_masks(*item_sets, min_support=config.min_support, level="category"))
+        else:
+            tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_category")
+            frames.append(association_rules(tx_codes, item_codes, names, min_support=config.min_support, level="category"))
         if config.product_level:
             tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_id")
             frames.append(

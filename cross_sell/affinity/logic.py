@@ -11,6 +11,13 @@ matrix product, never a loop over rows. For each ordered pair A != B with ``C[A,
 
 Both directions of every pair are present (C is symmetric), and pairs whose support is below
 ``min_support`` are dropped in both directions together.
+
+How ``C`` is counted depends on the number of items. Up to :data:`MASK_ITEMS` items (categories),
+each transaction becomes one integer whose bits are its items; customers with the same set of
+items collapse into one distinct mask with a count, and ``C`` is summed from the distinct masks
+byte pair by byte pair (a weighted histogram of 65,536 cells per pair of bytes), so the cost is a
+few passes over the input and never grows with pairs of items. More items (products) take the
+sparse product ``X^T X``.
 """
 
 from __future__ import annotations
@@ -35,11 +42,65 @@ def dense_codes(codes: np.ndarray) -> np.ndarray:
     return np.unique(codes, return_inverse=True)[1]
 
 
+# Items up to this many are counted as bit masks: float64 sums of distinct powers of two below
+# 2**48 are exact, and six bytes make at most 15 byte pairs.
+MASK_ITEMS = 48
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.float64)
+
+
+def _small_codes(codes: np.ndarray) -> np.ndarray:
+    """``codes`` as they are if they can index a bincount of modest size, else renumbered."""
+    if np.issubdtype(codes.dtype, np.integer) and codes.min() >= 0 and codes.max() < 4 * len(codes) + 1024:
+        return codes
+    return dense_codes(codes)
+
+
+def transaction_masks(transaction_codes: np.ndarray, item_codes: np.ndarray, n_items: int) -> np.ndarray | None:
+    """One uint64 per transaction with bit i set when it holds item i (transactions without items
+    dropped), or None when a (transaction, item) pair repeats.
+
+    The masks are sums of powers of two; a repeated pair would carry into another bit, which the
+    population count detects: the set bits add up to the number of pairs exactly when no pair repeats."""
+    if n_items > MASK_ITEMS:
+        raise ValueError(f"bit masks hold at most {MASK_ITEMS} items, not {n_items}")
+    powers = np.ldexp(1.0, np.arange(n_items))
+    sums = np.bincount(_small_codes(transaction_codes), weights=powers[item_codes])
+    masks = sums.astype(np.uint64)
+    masks = masks[masks != 0]
+    if int(np.bitwise_count(masks).sum(dtype=np.int64)) != len(item_codes):
+        return None
+    return masks
+
+
+def mask_pair_counts(distinct: np.ndarray, counts: np.ndarray, n_items: int) -> np.ndarray:
+    """Dense ``C = X^T X`` (int64, n_items x n_items) from the distinct transaction bit masks and
+    how many transactions have each."""
+    n_bytes = max(1, -(-n_items // 8))
+    octets = distinct.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :n_bytes].astype(np.intp)
+    weights = counts.astype(np.float64)
+    total = np.zeros((8 * n_bytes, 8 * n_bytes))
+    for i in range(n_bytes):
+        rows = slice(8 * i, 8 * i + 8)
+        within = np.bincount(octets[:, i], weights=weights, minlength=256)
+        total[rows, rows] = _BYTE_BITS.T @ (within[:, None] * _BYTE_BITS)
+        for j in range(i + 1, n_bytes):
+            cols = slice(8 * j, 8 * j + 8)
+            joint = np.bincount(octets[:, i] * 256 + octets[:, j], weights=weights, minlength=65536)
+            block = _BYTE_BITS.T @ joint.reshape(256, 256) @ _BYTE_BITS
+            total[rows, cols], total[cols, rows] = block, block.T
+    return np.rint(total[:n_items, :n_items]).astype(np.int64)
+
+
 def co_occurrence(transaction_codes: np.ndarray, item_codes: np.ndarray, n_items: int) -> tuple[sparse.csr_matrix, int]:
     """Pair counts ``X^T X`` for (transaction, item) code pairs (duplicates allowed) and the
     number of distinct transactions."""
     if len(transaction_codes) == 0:
         return sparse.csr_matrix((n_items, n_items), dtype=np.int64), 0
+    if n_items <= MASK_ITEMS:
+        masks = transaction_masks(transaction_codes, item_codes, n_items)
+        if masks is not None:
+            distinct, counts = np.unique(masks, return_counts=True)
+            return sparse.csr_matrix(mask_pair_counts(distinct, counts, n_items)), len(masks)
     tx = dense_codes(transaction_codes)
     n_tx = int(tx.max()) + 1
     x = sparse.csr_matrix(
@@ -60,8 +121,31 @@ def association_rules(
     level: str = "category",
 ) -> pd.DataFrame:
     """All rules A -> B (A != B) with support >= ``min_support``, sorted by lift, then support."""
+    pairs, n_tx = co_occurrence(np.asarray(transaction_codes), np.asarray(item_codes), len(item_names))
+    return rules_from_pair_counts(pairs, n_tx, item_names, min_support=min_support, level=level)
+
+
+def association_rules_from_masks(
+    distinct_masks: np.ndarray,
+    counts: np.ndarray,
+    item_names: list[str] | np.ndarray,
+    *,
+    min_support: float = 0.0,
+    level: str = "category",
+) -> pd.DataFrame:
+    """The same rules as :func:`association_rules`, from the distinct transaction bit masks (bit i
+    = item i) and how many transactions have each, as the warehouse can count them."""
+    distinct_masks = np.asarray(distinct_masks, dtype=np.uint64)
+    counts = np.asarray(counts, dtype=np.int64)
+    pairs = sparse.csr_matrix(mask_pair_counts(distinct_masks, counts, len(item_names)))
+    return rules_from_pair_counts(pairs, int(counts.sum()), item_names, min_support=min_support, level=level)
+
+
+def rules_from_pair_counts(
+    pairs: sparse.spmatrix, n_tx: int, item_names: list[str] | np.ndarray, *, min_support: float, level: str
+) -> pd.DataFrame:
+    """Rules from the pair counts ``C`` (item counts on the diagonal) of ``n_tx`` transactions."""
     names = np.asarray(item_names, dtype=object)
-    pairs, n_tx = co_occurrence(np.asarray(transaction_codes), np.asarray(item_codes), len(names))
     if n_tx == 0:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _empty_types().items()})
     item_count = pairs.diagonal()
