@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import brier_score_loss
 
 from cross_sell.scoring.logic import top_n
 
@@ -87,10 +87,35 @@ def calibration_error(probability: np.ndarray, label: np.ndarray, bins: int = 10
     return float(np.sum(gaps) / len(probability))
 
 
+def grouped_auc(label: np.ndarray, score: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """ROC AUC of ``score`` for ``label`` within each group 0..n_groups-1 (NaN where a group lacks
+    positives or negatives), all groups in one sort: the Mann-Whitney statistic from the positives'
+    ranks, tied scores sharing their average rank (as ``sklearn.metrics.roc_auc_score`` counts ties)."""
+    label = np.asarray(label, dtype=bool)
+    score = np.asarray(score, dtype=np.float64)
+    group = np.asarray(group, dtype=np.int16 if n_groups < 2**15 else np.int64)
+    order = np.argsort(score)  # ties need no order: a run of equal scores shares one rank
+    order = order[np.argsort(group[order], kind="stable")]  # small integers: a radix sort
+    g, s, y = group[order], score[order], label[order]
+    n = len(s)
+    if n == 0:
+        return np.full(n_groups, np.nan)
+    run_starts = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (s[1:] != s[:-1])])
+    run_ends = np.r_[run_starts[1:], n]
+    run_of = np.repeat(np.arange(len(run_starts)), run_ends - run_starts)
+    size = np.bincount(g, minlength=n_groups)
+    group_start = np.cumsum(size) - size
+    rank = (run_starts + run_ends - 1)[run_of] / 2.0 - group_start[g] + 1.0  # 1-based within the group
+    positives = np.bincount(g, weights=y, minlength=n_groups)
+    positive_ranks = np.bincount(g, weights=np.where(y, rank, 0.0), minlength=n_groups)
+    negatives = size - positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (positive_ranks - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+
+
 def _auc(label: np.ndarray, score: np.ndarray) -> float:
-    if label.all() or not label.any():
-        return float("nan")
-    return float(roc_auc_score(label, score))
+    return float(grouped_auc(label, score, np.zeros(len(label), dtype=np.int64), 1)[0])
 
 
 def evaluate(
@@ -112,7 +137,7 @@ def evaluate(
         matrix = np.full((n, kk), np.nan)
         matrix[row_customer, ki] = row_score
         recall, precision, buyers = ranking_metrics(matrix, label_matrix, k)
-        aucs = np.array([_auc(label[ki == b], row_score[ki == b]) for b in range(kk)])
+        aucs = grouped_auc(label, row_score, ki, kk)
         per_category[f"auc_{name}"] = aucs
         clipped = np.clip(row_score, 0.0, 1.0)
         summary.append(
