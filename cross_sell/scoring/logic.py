@@ -98,9 +98,33 @@ def reason_codes(antecedent: np.ndarray, category: np.ndarray, k: int) -> np.nda
     return np.where(antecedent == NO_RULE, k * k + category, antecedent * k + category)
 
 
+def distinct_profiles(owned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The distinct rows of a boolean (customers, categories) matrix and, for each customer, the
+    index of its row among them; None beyond 64 categories. Customers share few category sets
+    (about 150 thousand distinct sets among a million customers with 30 categories), so work per
+    set is a fraction of work per customer."""
+    n, k = owned.shape
+    if k > 64 or n == 0:
+        return None
+    packed = np.zeros((n, 8), dtype=np.uint8)
+    packed[:, : -(-k // 8)] = np.packbits(owned, axis=1, bitorder="little")
+    masks, inverse = np.unique(packed.view("<u8").ravel(), return_inverse=True)
+    bits = np.unpackbits(masks.astype("<u8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")[:, :k]
+    return bits.astype(bool), inverse.ravel()
+
+
 def strongest_rule(owned: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every (customer, category b): the max of ``strength[a, b]`` over the categories a the
-    customer owns (0 when none) and that a (``NO_RULE`` when none)."""
+    customer owns (0 when none) and that a (``NO_RULE`` when none). Computed once per distinct
+    set of owned categories."""
+    distinct = distinct_profiles(owned)
+    if distinct is not None and len(distinct[0]) < len(owned):
+        best, which = _strongest_rule(distinct[0], strength)
+        return best[distinct[1]], which[distinct[1]]
+    return _strongest_rule(owned, strength)
+
+
+def _strongest_rule(owned: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, k = owned.shape
     best = np.zeros((n, k), dtype=np.float32)
     which = np.full((n, k), NO_RULE, dtype=np.int32)
