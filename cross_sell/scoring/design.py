@@ -74,6 +74,39 @@ def _grid_cells(values: np.ndarray, low: float, scale: float) -> np.ndarray:
         return cells.astype(np.int32)
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """A uniform grid over one feature's bin edges (see :func:`_count_below`), built once per edges."""
+
+    low: float
+    scale: float
+    first: np.ndarray  # per cell: how many edges lie in earlier cells
+    inside: np.ndarray  # per cell: how many edges lie in it
+    padded: np.ndarray  # the edges, then +inf
+    crowd: int  # the most edges in one cell
+
+
+_GRIDS: dict[bytes, _Grid] = {}
+
+
+def _grid(edges: np.ndarray) -> _Grid:
+    key = np.asarray(edges, dtype=np.float64).tobytes()
+    grid = _GRIDS.get(key)
+    if grid is None:
+        low, high = float(edges[0]), float(edges[-1])
+        scale = (GRID - 1) / (high - low) if high > low else 0.0
+        per_cell = np.bincount(_grid_cells(edges, low, scale), minlength=GRID)
+        grid = _Grid(
+            low=low, scale=scale, first=(np.cumsum(per_cell) - per_cell).astype(np.int16),
+            inside=per_cell.astype(np.int16), padded=np.append(np.asarray(edges, dtype=np.float64), np.inf),
+            crowd=int(per_cell.max()),
+        )
+        if len(_GRIDS) >= 1024:  # a bounded cache: models come and go in a long-lived process
+            _GRIDS.clear()
+        _GRIDS[key] = grid
+    return grid
+
+
 def _count_below(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """``np.searchsorted(edges, values, side="left")`` (how many edges lie below each value), by a
     uniform grid over the edges' range: a value's cell says how many edges lie in earlier cells
@@ -82,20 +115,15 @@ def _count_below(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     m = len(edges)
     if m == 0:
         return np.zeros(np.shape(values), dtype=np.int16)
-    low, high = float(edges[0]), float(edges[-1])
-    scale = (GRID - 1) / (high - low) if high > low else 0.0
-    per_cell = np.bincount(_grid_cells(edges, low, scale), minlength=GRID)
-    crowd = int(per_cell.max())
-    if crowd > MAX_EDGES_PER_CELL:
+    grid = _grid(edges)
+    if grid.crowd > MAX_EDGES_PER_CELL:
         return np.searchsorted(edges, values, side="left").astype(np.int16)
-    first = (np.cumsum(per_cell) - per_cell).astype(np.int16)
-    cells = _grid_cells(values, low, scale)
-    start, inside = first[cells], per_cell[cells].astype(np.int16)
-    padded = np.append(np.asarray(edges, dtype=np.float64), np.inf)
+    cells = _grid_cells(values, grid.low, grid.scale)
+    start, inside = grid.first[cells], grid.inside[cells]
     v = np.asarray(values, dtype=np.float64)
     count = start.copy()
-    for e in range(crowd):
-        count += (v > padded[np.minimum(start + e, m)]) & (inside > e)
+    for e in range(grid.crowd):
+        count += (v > grid.padded[np.minimum(start + e, m)]) & (inside > e)
     return count
 
 
@@ -199,9 +227,13 @@ class FeatureEncoder:
         for share, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
             block = share[rows]
             for c in self.categories:
+                edges = self.edges[column(c)]
+                codes = np.full(len(block), _bins(np.zeros(1), edges)[0], dtype=np.int16)
                 j = position.get(c)
-                values = block[:, j] if j is not None else np.zeros(len(block), dtype=np.float32)
-                columns.append(_bins(values, self.edges[column(c)]))
+                if j is not None:  # shares are 0 for every category a customer never bought: bin the rest
+                    bought = np.flatnonzero(block[:, j])
+                    codes[bought] = _bins(block[bought, j], edges)
+                columns.append(codes)
         out = np.column_stack(columns).astype(np.int16, copy=False)
         for j, name in enumerate(self.customer_names):
             if name in self.constant:
@@ -305,9 +337,22 @@ class AdditiveTables:
         first_customer = 1 + len(PAIR_NUMERIC)
         for offset, name in enumerate(PAIR_NUMERIC, start=1):
             table = self.tables[offset][candidate]  # (categories, codes)
-            codes = encoder.pair_codes(pairs, name, rows).astype(np.int64)
-            out += table[np.arange(len(candidate))[None, :], codes]
+            codes = encoder.pair_codes(pairs, name, rows)
+            flat = np.arange(len(candidate), dtype=np.int32)[None, :] * table.shape[1] + codes  # row-major index
+            out += np.take(table.ravel(), flat)
+        # Most customer features sit at one code for most customers (a category's spend share is 0
+        # for everyone who never bought it): that code's row is added once to every customer, and
+        # only the customers at another code add their difference.
+        common_rows = np.zeros(len(candidate), dtype=np.float64)
         for offset in range(customer.shape[1]):
             table = np.ascontiguousarray(self.tables[first_customer + offset][candidate].T)  # (codes, categories)
-            out += table[customer[:, offset]]
+            codes = customer[:, offset]
+            common = int(np.bincount(codes).argmax()) if len(codes) else 0
+            others = np.flatnonzero(codes != common)
+            if len(others) > len(codes) // 2:
+                out += table[codes]
+            else:
+                common_rows += table[common]
+                out[others] += table[codes[others]] - table[common]
+        out += common_rows[None, :]
         return out
