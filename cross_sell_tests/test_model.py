@@ -331,9 +331,10 @@ def test_table_scores_are_the_model_probabilities(sample: Built) -> None:
     assert trees.interaction_cst == [[0, j] for j in range(1, len(model.encoder.names))]
 
 
-def test_scores_gate_in_customer_slices_is_the_whole_frame_check() -> None:
-    """The scores' contract gate runs over slices of whole customers; a duplicate pair or a score
-    out of range is caught wherever it sits, and rows out of customer order are checked at once."""
+def test_scores_gate_in_slices_is_the_whole_frame_check() -> None:
+    """The scores' contract gate runs over slices, with uniqueness proven on the codes when rows
+    are in (customer, category) order; a duplicate pair or a score out of range is caught wherever
+    it sits, and rows out of order are checked at once, uniqueness included."""
     from types import SimpleNamespace
 
     from cross_sell.scoring.assets import gate_scores
@@ -357,6 +358,10 @@ def test_scores_gate_in_customer_slices_is_the_whole_frame_check() -> None:
     assert not gate(ci, ki, out_of_range).passed
     shuffled = np.r_[ci[75:], ci[:75]]  # not in customer order: one whole-frame check
     assert gate(shuffled, ki, score).passed
+    repeated = np.r_[ci[75:], ci[:75]]
+    repeated[-1] = repeated[-4]  # the last row becomes customer 23 and category C a second time
+    failed = gate(repeated, ki, score)
+    assert not failed.passed and "unique" in failed.description.lower()
 
 
 # ---------------------------------------------------------------------------------------------
