@@ -93,12 +93,20 @@ def uri(resource: DuckDBResource, table: str, schema: str = PUBLISHED_SCHEMA) ->
 
 
 def replace_with_frame(conn: duckdb.DuckDBPyConnection, table: str, df: pd.DataFrame) -> int:
-    """Replace ``main.<table>`` with a DataFrame in one transaction (categoricals become text)."""
-    columns = ", ".join(
-        f'"{c}"::varchar as "{c}"' if isinstance(df[c].dtype, pd.CategoricalDtype) else f'"{c}"' for c in df.columns
-    )
+    """Replace ``main.<table>`` with a DataFrame in one transaction (categoricals become text).
+
+    A frame with categorical columns travels as Arrow, where a categorical is a dictionary array
+    (codes plus one copy of each value): DuckDB reads pandas categoricals by building an ENUM of
+    every category first, which for a million customer ids costs seconds."""
+    categorical = [c for c in df.columns if isinstance(df[c].dtype, pd.CategoricalDtype)]
+    columns = ", ".join(f'"{c}"::varchar as "{c}"' if c in categorical else f'"{c}"' for c in df.columns)
+    source: object = df
+    if categorical:
+        import pyarrow  # imported when publishing, not when the definitions load
+
+        source = pyarrow.Table.from_pandas(df, preserve_index=False)
     view = f"_frame_{table}"
-    conn.register(view, df)
+    conn.register(view, source)
     try:
         with transaction(conn):
             conn.execute(f'create or replace table "{PUBLISHED_SCHEMA}"."{table}" as select {columns} from "{view}"')
