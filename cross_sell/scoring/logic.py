@@ -74,8 +74,17 @@ def top_n(score: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
     Ties go to the category that sorts first by name (categories are indexed in name order)."""
     masked = np.where(np.isnan(score), -np.inf, score)
-    order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
-    chosen = np.take_along_axis(masked, order, axis=1)
+    if 4 * n < score.shape[1]:  # a few picks of many: n passes of argmax (first maximum = first by name)
+        rows = np.arange(score.shape[0])
+        order = np.empty((score.shape[0], n), dtype=np.intp)
+        chosen = np.empty((score.shape[0], n), dtype=masked.dtype)
+        for rank in range(n):
+            order[:, rank] = np.argmax(masked, axis=1)
+            chosen[:, rank] = masked[rows, order[:, rank]]
+            masked[rows, order[:, rank]] = -np.inf
+    else:
+        order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
+        chosen = np.take_along_axis(masked, order, axis=1)
     valid = np.isfinite(chosen)
     customers = np.repeat(np.arange(score.shape[0]), order.shape[1]).reshape(order.shape)
     ranks = np.tile(np.arange(1, order.shape[1] + 1), (score.shape[0], 1))
