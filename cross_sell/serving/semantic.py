@@ -436,28 +436,33 @@ def verify_views(conn: duckdb.DuckDBPyConnection, model: SemanticModel = MODEL, 
             continue
         grain = ", ".join(f'"{k}"' for k in view.grain)
         null_keys = " or ".join(f'"{k}" is null' for k in view.grain)
-        rows, distinct, nulls = conn.execute(
-            f"select count(*), count(distinct ({grain})), count(*) filter (where {null_keys}) from {relation}"
-        ).fetchone()
+        # Every aggregate of the view's checks in one pass over it (a view over millions of rows is
+        # evaluated once, not once per rule); identical aggregates are computed once.
+        count, unique, null = "count(*)", f"count(distinct ({grain}))", f"count(*) filter (where {null_keys})"
+        aggregates = [count, unique, null]
+        rules: list[tuple[Relationship, str, str | None]] = []
+        for r in model.relationships:
+            if r.from_view != view.name:
+                continue
+            orphans = (
+                f'count(*) filter (where f."{r.from_column}" is not null and not exists '
+                f'(select 1 from {schema}.{r.to_view} t where t."{r.to_column}" = f."{r.from_column}"))'
+            )
+            dupes = f'count(*) - count(distinct "{r.from_column}")' if r.cardinality == "one_to_one" else None
+            rules.append((r, orphans, dupes))
+            aggregates += [a for a in (orphans, dupes) if a]
+        aggregates = list(dict.fromkeys(aggregates))
+        values = dict(zip(aggregates, conn.execute(f"select {', '.join(aggregates)} from {relation} f").fetchone()))
+        rows, distinct, nulls = values[count], values[unique], values[null]
         if distinct != rows:
             problems.append(f"grain ({grain}) is not unique: {rows - distinct} duplicate rows")
         if nulls:
             problems.append(f"{nulls} rows have a null key")
-        for r in model.relationships:
-            if r.from_view != view.name:
-                continue
-            orphans = conn.execute(
-                f'select count(*) from {relation} f where f."{r.from_column}" is not null and not exists '
-                f'(select 1 from {schema}.{r.to_view} t where t."{r.to_column}" = f."{r.from_column}")'
-            ).fetchone()[0]
-            if orphans:
-                problems.append(f"{orphans} rows have a {r.from_column} missing from {r.to_view}.{r.to_column}")
-            if r.cardinality == "one_to_one":
-                dupes = conn.execute(
-                    f'select count(*) - count(distinct "{r.from_column}") from {relation}'
-                ).fetchone()[0]
-                if dupes:
-                    problems.append(f"{r.from_column} repeats {dupes} times but is one-to-one with {r.to_view}")
+        for r, orphans, dupes in rules:
+            if values[orphans]:
+                problems.append(f"{values[orphans]} rows have a {r.from_column} missing from {r.to_view}.{r.to_column}")
+            if dupes and values[dupes]:
+                problems.append(f"{r.from_column} repeats {values[dupes]} times but is one-to-one with {r.to_view}")
         reports[view.name] = ViewReport(view.name, int(rows), tuple(problems))
     return reports
 
