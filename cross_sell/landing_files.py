@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -141,6 +141,10 @@ def _record(
     )
 
 
+def _column_types(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    return {name: column_type for name, column_type, *_ in conn.execute(f"describe {AUDIT_SCHEMA}.{table}").fetchall()}
+
+
 def add_landed_files(
     conn: duckdb.DuckDBPyConnection,
     report: LandingReport,
@@ -148,9 +152,19 @@ def add_landed_files(
     new_names: Sequence[str],
     contract_columns: list[str],
     run_id: str,
+    contract_types: Mapping[str, str] | None = None,
 ) -> LandingReport:
     """Add the accepted landing files and the new ones to ``audit.<table>`` (already holding the
     source files), upserting by purchase_id, and record the new files as ``landed``.
+
+    Later sources win: for each purchase_id only the rows of the most recent source holding it
+    stay (the source files first, then accepted files in the order they were accepted, then the
+    new ones); duplicates within one file stay, for the uniqueness gate. The landing files are
+    small next to the history, so they are landed on their own and ranked among themselves; the
+    history's lines they replace are deleted and their winning lines inserted, instead of
+    rewriting the whole table once per file. A column a landing file holds as text where the
+    history holds it typed (a CSV file next to Parquet sources) is turned into text first, so
+    the gate still reports a value that cannot be typed.
 
     Runs in the caller's transaction, so a failure leaves the audit tables as they were.
     """
@@ -159,43 +173,65 @@ def add_landed_files(
     if not sources:
         return report
     table = report.table
-    for i, path in enumerate(sources):
-        part = f"_landing_{i}"
-        land(conn, part, [path], contract_columns)  # same reader, same reject handling as the sources
-        conn.execute(
-            f"create or replace table {AUDIT_SCHEMA}.{table} as select * from {AUDIT_SCHEMA}.{table} "
-            f"union all by name select * from {AUDIT_SCHEMA}.{part}"
-        )
+    parts = [f"_landing_{i}" for i in range(len(sources))]
+    for part, path in zip(parts, sources):
+        land(conn, part, [path], contract_columns, contract_types=contract_types)  # same reader, same reject handling
         conn.execute(f"insert into {AUDIT_SCHEMA}.{table}_rejects select * from {AUDIT_SCHEMA}.{part}_rejects")
-        conn.execute(f"drop table {AUDIT_SCHEMA}.{part}; drop table {AUDIT_SCHEMA}.{part}_rejects")
+        conn.execute(f"drop table {AUDIT_SCHEMA}.{part}_rejects")
 
-    # Later sources win: rank 0 for the source files, then accepted files in order, then the new ones.
-    conn.execute("create or replace temp table _landing_rank (file varchar, rank integer)")
-    conn.executemany("insert into _landing_rank values (?, ?)", [[str(p), i + 1] for i, p in enumerate(sources)])
-    read = dict(
-        conn.execute(f"select _source_file, count(*) from {AUDIT_SCHEMA}.{table} group by 1").fetchall()
+    # One type per column: where the history and a landing file disagree, both hold it as text.
+    types = [_column_types(conn, t) for t in (table, *parts)]
+    order = list(dict.fromkeys(name for found in types for name in found))
+    text = {n for n in order if len({found[n] for found in types if n in found}) > 1}
+    for name in (n for n in text if n in types[0] and types[0][n] != "VARCHAR"):
+        conn.execute(f"alter table {AUDIT_SCHEMA}.{table} alter {_quoted(name)} type varchar")
+    for name in (n for n in order if n not in types[0]):  # a column only landing files have
+        conn.execute(f"alter table {AUDIT_SCHEMA}.{table} add column {_quoted(name)} varchar")
+
+    def select(part: str, found: dict[str, str], rank: int) -> str:
+        columns = ", ".join(
+            f"{_quoted(n)}::varchar as {_quoted(n)}" if n in text and found[n] != "VARCHAR" else _quoted(n) for n in found
+        )
+        return f"select {columns}, {rank} as _rank from {AUDIT_SCHEMA}.{part}"
+
+    # The landing files' lines, each with its file's rank (1 for the oldest accepted file).
+    conn.execute(
+        "create or replace temp table _landed as "
+        + " union all by name ".join(select(part, found, i + 1) for i, (part, found) in enumerate(zip(parts, types[1:])))
     )
-    columns = table_columns(conn, table, AUDIT_SCHEMA)
+    for part in parts:
+        conn.execute(f"drop table {AUDIT_SCHEMA}.{part}")
+    read = dict(conn.execute("select _source_file, count(*) from _landed group by 1").fetchall())
     replaced: dict[str, int] = {}
-    if KEY_COLUMN in columns:
+    if KEY_COLUMN in order:
+        key = _quoted(KEY_COLUMN)
+        # Keys of the history that a landing file holds too (rank 0): a hash join on the few landed keys.
+        conn.execute(
+            f"create or replace temp table _landed_keys as select distinct {key} as k from _landed where {key} is not null"
+        )
+        conn.execute(
+            f"create or replace temp table _history_keys as select distinct t.{key} as k "
+            f"from {AUDIT_SCHEMA}.{table} t join _landed_keys l on t.{key} = l.k"
+        )
         replaced = dict(
             conn.execute(
                 f"""with ranked as (
-                        select t.{KEY_COLUMN} as k, t._source_file as f, coalesce(r.rank, 0) as rank
-                        from {AUDIT_SCHEMA}.{table} t left join _landing_rank r on t._source_file = r.file
-                        where t.{KEY_COLUMN} is not null)
+                        select {key} as k, _source_file as f, _rank as rank from _landed where {key} is not null
+                        union all select k, null, 0 from _history_keys)
                     select f, count(distinct k) from (
                         select k, f, rank, min(rank) over (partition by k) as first_rank from ranked)
                     where first_rank < rank group by 1"""
             ).fetchall()
         )
+        conn.execute(f"delete from {AUDIT_SCHEMA}.{table} where {key} in (select k from _history_keys)")
         conn.execute(
-            f"""create or replace table {AUDIT_SCHEMA}.{table} as
-                select t.* from {AUDIT_SCHEMA}.{table} t left join _landing_rank r on t._source_file = r.file
-                qualify t.{KEY_COLUMN} is null
-                     or coalesce(r.rank, 0) = max(coalesce(r.rank, 0)) over (partition by t.{KEY_COLUMN})"""
+            f"insert into {AUDIT_SCHEMA}.{table} by name select * exclude (_rank) from _landed "
+            f"qualify {key} is null or _rank = max(_rank) over (partition by {key})"
         )
-    conn.execute("drop table _landing_rank")
+        conn.execute("drop table _landed_keys; drop table _history_keys")
+    else:
+        conn.execute(f"insert into {AUDIT_SCHEMA}.{table} by name select * exclude (_rank) from _landed")
+    conn.execute("drop table _landed")
 
     ensure_log(conn)
     for path in new:
@@ -217,12 +253,17 @@ def add_landed_files(
     )
 
 
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def land_delta(
     conn: duckdb.DuckDBPyConnection,
     landing_dir: Path | None,
     names: Sequence[str],
     contract_columns: list[str],
     run_id: str,
+    contract_types: Mapping[str, str] | None = None,
 ) -> LandingReport:
     """Land only the named new files into ``audit.purchases``: the load of an incremental run,
     which the publish step upserts into the published purchases by purchase_id instead of
@@ -232,7 +273,7 @@ def land_delta(
     new = resolve_pending(landing_dir, names)
     if not new:
         raise LandingFileError("an incremental (delta) landing needs at least one file from the landing folder")
-    report = land(conn, "purchases", new, contract_columns)
+    report = land(conn, "purchases", new, contract_columns, contract_types=contract_types)
     published = conn.execute(
         "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'purchases'"
     ).fetchall()[0][0]

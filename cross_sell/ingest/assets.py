@@ -110,14 +110,14 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 elif config.delta:
                     report = landing_files.land_delta(
                         conn, input_files.landing_path(), config.landing_files,
-                        contracts.column_names(ds.contract), context.run.run_id,
+                        contracts.column_names(ds.contract), context.run.run_id, contract_types=contract_types(ds),
                     )
                 else:
-                    report = land(conn, ds.table, files, contracts.column_names(ds.contract))
+                    report = land(conn, ds.table, files, contracts.column_names(ds.contract), contract_types=contract_types(ds))
                 if ds is PURCHASES and not adapter and not config.delta:  # plus accepted and new landing-folder files, upserted by purchase_id
                     report = landing_files.add_landed_files(
                         conn, report, input_files.landing_path(), config.landing_files,
-                        contracts.column_names(ds.contract), context.run.run_id,
+                        contracts.column_names(ds.contract), context.run.run_id, contract_types=contract_types(ds),
                     )
                 elif config.landing_files and ds is not PURCHASES:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
@@ -300,15 +300,22 @@ def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
     return _check
 
 
+SQL_TYPES = {"string": "varchar", "bigint": "bigint", "double": "double", "timestamp": "timestamp"}
+
+
+def contract_types(ds: Dataset) -> dict[str, str]:
+    """The contract's DuckDB type of each column of ``ds``, as published."""
+    return {column.name: SQL_TYPES[column.type] for column in contracts.table_schema(ds.contract).columns}
+
+
 def typed_select(conn: duckdb.DuckDBPyConnection, ds: Dataset) -> str:
-    """Cast the audit table's text to the contract's types, in contract column order."""
-    sql_types = {"string": "varchar", "bigint": "bigint", "double": "double", "timestamp": "timestamp"}
-    present = set(conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 0").df().columns)
+    """Cast the audit table's columns to the contract's types, in contract column order (a no-op
+    for a column that landed already typed)."""
+    present = {r[0] for r in conn.execute(f"describe {AUDIT_SCHEMA}.{ds.table}").fetchall()}
     parts = []
-    for column in contracts.table_schema(ds.contract).columns:
-        sql_type = sql_types[column.type]
-        source = f'"{column.name}"' if column.name in present else "null"
-        parts.append(f'cast({source} as {sql_type}) as "{column.name}"')
+    for name, sql_type in contract_types(ds).items():
+        source = f'"{name}"' if name in present else "null"
+        parts.append(f'cast({source} as {sql_type}) as "{name}"')
     return f"select {', '.join(parts)} from {AUDIT_SCHEMA}.{ds.table}"
 
 

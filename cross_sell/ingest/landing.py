@@ -10,12 +10,21 @@ an unbalanced quote, bytes that are not UTF-8) are not dropped silently: they go
 happens in the gate, not here, so a value like ``"abc"`` in ``amount`` is reported with its row
 instead of aborting the read. What cannot be read at all (a missing or 0-byte file, a header that
 is not UTF-8 or repeats a name) fails the landing step with a message that says so.
+
+CSV values land as text. A Parquet column lands as it was received when its Parquet type is one
+the contract column's type reads exactly (``DOUBLE`` for a number, an integer type for an
+integer, ``TIMESTAMP`` or ``DATE`` for a timestamp, ``VARCHAR`` for text; see
+:data:`NATIVE_TYPES`): the gate's and the publish step's casts are then no-ops, and turning those
+values into text and back, which cost more than the rest of landing, is skipped. Every other
+column (outside the contract, or of another type, e.g. ``FLOAT`` or ``DECIMAL``) lands as text, as
+before, so the gate still sees and reports whatever cannot be typed.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +33,16 @@ import duckdb
 from cross_sell.warehouse import AUDIT_SCHEMA, table_columns
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
+
+# Parquet (DuckDB) types kept as received for a contract column of each SQL type: the value cast
+# to the contract type equals the value written as text and cast back (no rounding, no time zone,
+# no precision change). Anything else lands as text.
+NATIVE_TYPES: dict[str, frozenset[str]] = {
+    "varchar": frozenset({"VARCHAR"}),
+    "bigint": frozenset({"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}),
+    "double": frozenset({"DOUBLE"}),
+    "timestamp": frozenset({"TIMESTAMP", "DATE"}),
+}
 
 
 class InputMissingError(FileNotFoundError):
@@ -122,17 +141,33 @@ def _csv_scan(files: list[Path], columns: list[str], n: int, delimiter: str) -> 
     )
 
 
-def _read_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], delimiter: str = ",") -> tuple[str, list[str]]:
-    """SQL text of a relation with every column as VARCHAR and the source file name, and the
-    SELECTs of the rejected lines of each CSV scan."""
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _parquet_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], contract_types: Mapping[str, str]) -> str:
+    """Parquet files as one relation: contract columns whose Parquet type the contract reads
+    exactly (:data:`NATIVE_TYPES`) as received, every other column as text, plus the file name."""
+    scan = f"read_parquet({_sql_list(files)}, union_by_name = true, filename = true)"
+    described = conn.execute(f"describe select * exclude (filename) from {scan}").fetchall()
+    columns = []
+    for name, column_type, *_ in described:
+        native = NATIVE_TYPES.get(contract_types.get(name, ""), frozenset())
+        columns.append(_quoted(name) if column_type in native else f"{_quoted(name)}::varchar as {_quoted(name)}")
+    return f"select {', '.join(columns)}, filename as _source_file from {scan}"
+
+
+def _read_relation(
+    conn: duckdb.DuckDBPyConnection, files: list[Path], delimiter: str = ",", contract_types: Mapping[str, str] | None = None
+) -> tuple[str, list[str]]:
+    """SQL text of a relation with the files' columns (as text, or as received for Parquet columns
+    the contract reads exactly) and the source file name, and the SELECTs of the rejected lines of
+    each CSV scan."""
     empty = [p for p in files if p.stat().st_size == 0]
     if empty:
         raise InputMissingError(f"input file is empty (0 bytes): {', '.join(p.name for p in empty)}")
     if all(p.name.endswith(".parquet") for p in files):
-        return (
-            f"select columns(* exclude (filename))::varchar, filename as _source_file "
-            f"from read_parquet({_sql_list(files)}, union_by_name = true, filename = true)"
-        ), []
+        return _parquet_relation(conn, files, contract_types or {}), []
     if any(p.name.endswith(".parquet") for p in files):
         raise ValueError("a dataset folder must hold either CSV or Parquet files, not both")
     by_header: dict[tuple[str, ...], list[Path]] = {}
@@ -157,12 +192,14 @@ def land(
     *,
     delimiter: str = ",",
     rejects_table: str | None = None,
+    contract_types: Mapping[str, str] | None = None,
 ) -> LandingReport:
-    """Replace ``audit.<table>`` with the files' rows (all text) and ``audit.<rejects_table>``
-    (default ``<table>_rejects``) with the lines that could not be parsed. Runs in the caller's
-    transaction."""
+    """Replace ``audit.<table>`` with the files' rows and ``audit.<rejects_table>`` (default
+    ``<table>_rejects``) with the lines that could not be parsed. Values land as text, except
+    Parquet columns whose type the contract type in ``contract_types`` (column -> ``varchar``,
+    ``bigint``, ``double`` or ``timestamp``) reads exactly. Runs in the caller's transaction."""
     rejects_table = rejects_table or f"{table}_rejects"
-    relation, reject_selects = _read_relation(conn, files, delimiter)
+    relation, reject_selects = _read_relation(conn, files, delimiter, contract_types)
     conn.execute(f"create schema if not exists {AUDIT_SCHEMA}")
     conn.execute(f"create or replace table {AUDIT_SCHEMA}.{table} as {relation}")
     rejects_select = " union all ".join(reject_selects) or (
