@@ -25,6 +25,7 @@ new one, never a half-built or leaking one.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import uuid
@@ -273,20 +274,25 @@ def _reference_sets(conn: duckdb.DuckDBPyConnection, pii: PersonalData, key: str
     attribute as text and as a number)."""
     source = pii.source
     parts = [f"select '{c}' as kind, \"{c}\"::varchar as value from {source}" for c in pii.identifiers]
-    parts += [  # phone numbers written differently: compare the digits (7 or more, never of an e-mail)
-        f"""select '{c} (digits)', regexp_replace("{c}"::varchar, '[^0-9]', '', 'g') from {source}
-            where "{c}"::varchar not like '%@%'
-              and length(regexp_replace("{c}"::varchar, '[^0-9]', '', 'g')) >= 7"""
-        for c in pii.identifiers
+    # Phone numbers written differently: compare the digits (7 or more, never of an e-mail). The
+    # digits are computed once per customer (a materialized CTE): a regular expression per row is
+    # the costly part, and an inlined expression would be evaluated again by every filter on it.
+    digits = [
+        f"""_digits_{i} as materialized (select regexp_replace("{c}"::varchar, '[^0-9]', '', 'g') as value from {source}
+                                          where "{c}"::varchar not like '%@%')"""
+        for i, c in enumerate(pii.identifiers)
     ]
+    parts += [f"select '{c} (digits)', value from _digits_{i} where length(value) >= 7" for i, c in enumerate(pii.identifiers)]
     if len(pii.full_name) > 1:
         full = " || ' ' || ".join(f'trim("{c}")' for c in pii.full_name)
         parts.append(f"select 'full name', {full} from {source}")
     parts.append("select 'masking key', $masking_key")
+    # Not deduplicated: the table is only ever probed (semi joins, and the kinds a value equals).
     conn.execute(
         f"""create or replace temp table _pii_identifiers as
-            select distinct kind, value, case when regexp_full_match(value, '[0-9]+') then try_cast(value as double) end as number
-            from ({' union all '.join(parts)})
+            {'with ' + ', '.join(digits) if digits else ''}
+            select kind, value, case when regexp_full_match(value, '[0-9]+') then try_cast(value as double) end as number
+            from ({' union all '.join(parts)}) t(kind, value)
             where value is not null and length(trim(value)) >= {MIN_IDENTIFIER_LENGTH}""",
         {"masking_key": key},
     )
@@ -323,6 +329,19 @@ def _columns(conn: duckdb.DuckDBPyConnection, alias: str, schema: str, name: str
     return dict(rows)
 
 
+@dataclass(frozen=True)
+class _Scanned:
+    """One relation of the file being scanned."""
+
+    relation: str  # schema.name, as reported
+    qualified: str  # how to read it from the warehouse connection
+    columns: dict[str, str]  # column name -> 'text', 'number' or 'other'
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def find_pii_leaks(
     conn: duckdb.DuckDBPyConnection, database: Path, model: SemanticModel = MODEL
 ) -> list[Leak]:
@@ -334,155 +353,229 @@ def find_pii_leaks(
     * a name, birth year or income next to the customer it belongs to is a leak (see
       :data:`LINKED_LEAK_SHARE`).
 
-    ``conn`` is a warehouse connection (the published customers are the reference). Each relation is
-    read once per rule family, with one aggregate per column: set-based, no row loops. Values are
+    ``conn`` is a warehouse connection (the published customers are the reference). Values are
     compared where their type can hold them: identifiers and names in text columns (and phone
-    digits in integer columns), birth year and income in text and number columns; booleans and
-    timestamps cannot carry any of them."""
+    digits in number columns), birth year and income in text and number columns; booleans and
+    timestamps cannot carry any of them. Set-based, no row loops, and each rule reads as little
+    as proves it:
+
+    * every text column of every relation is read once into one table of its distinct values with
+      their row counts; each per-value rule (identifiers, e-mail shapes, and whether a value equals
+      any customer's attribute at all) is then one join or one pass over that table, for all
+      columns at once, instead of one query per column;
+    * a number column is read once for its smallest and largest value; where that range cannot
+      meet the personal numbers (phone digits, birth years, incomes) no value of it can equal
+      one, and the column is clean for that rule; otherwise it is compared value by value;
+    * only (column, attribute) pairs whose values meet the attribute's anywhere are joined to the
+      customers to count the rows that equal the customer's own value.
+
+    Same findings and counts as comparing every row."""
     alias = "pii_scan"
     pii = personal_data(conn, model)
     _reference_sets(conn, pii, masking_key(conn))
     expected = {v.name: marketing_columns(v) for v in model.views}
-    attributes = pii.linked
-    leaks: list[Leak] = []
+    found: list[tuple[tuple[int, ...], Leak]] = []  # (order, leak): per relation, rule family, column
     conn.execute(f"attach {_literal(str(database))} as {alias} (read_only)")
     try:
-        for schema, name, kind in _relations(conn, alias):
+        scanned: list[_Scanned] = []
+        for i, (schema, name, kind) in enumerate(_relations(conn, alias)):
             relation = f"{schema}.{name}"
             columns = _columns(conn, alias, schema, name)
             if schema != "main" or name not in expected:
-                leaks.append(Leak(relation, "*", "not_in_spec", 0, f"{kind} {relation} is not a masked semantic view"))
+                found.append(((i, 0), Leak(relation, "*", "not_in_spec", 0, f"{kind} {relation} is not a masked semantic view")))
             elif list(columns) != expected[name]:
-                leaks.append(Leak(relation, "*", "not_in_spec", 0, f"columns {list(columns)}, expected {expected[name]}"))
-            leaks += [
-                Leak(relation, c, "personal column", 0, f"column named like the personal column {c}")
-                for c in columns if c in pii.columns
+                found.append(((i, 0), Leak(relation, "*", "not_in_spec", 0, f"columns {list(columns)}, expected {expected[name]}")))
+            found += [
+                ((i, 1, j), Leak(relation, c, "personal column", 0, f"column named like the personal column {c}"))
+                for j, c in enumerate(columns) if c in pii.columns
             ]
-            qualified = f'{alias}."{schema}"."{name}"'
-            values = _value_tables(conn, qualified, columns)
-            try:
-                leaks += _identifier_leaks(conn, qualified, relation, columns, values)
-                if "customer_id" in columns:
-                    leaks += _linked_leaks(conn, qualified, relation, columns, attributes, values)
-            finally:
-                for table in values.values():
-                    conn.execute(f"drop table if exists {table}")
+            scanned.append(_Scanned(relation, f"{alias}.{_ident(schema)}.{_ident(name)}", columns))
+        _value_table(conn, scanned)
+        ranges = _number_ranges(conn, scanned)
+        found += _identifier_leaks(conn, scanned, ranges)
+        found += _linked_leaks(conn, scanned, pii.linked, ranges)
     finally:
         conn.execute(f"detach {alias}")
-        conn.execute("drop table if exists _pii_identifiers")
-        conn.execute("drop table if exists _pii_linked")
-    return leaks
+        for table in _SCAN_TABLES:
+            conn.execute(f"drop table if exists {table}")
+    return [leak for _, leak in sorted(found, key=lambda item: item[0])]
 
 
-def _text(column: str, table: str = "r") -> str:
-    return f'cast({table}."{column}" as varchar)'
+_SCAN_TABLES = ("_pii_identifiers", "_pii_linked", "_pii_values", "_pii_attribute_texts", "_pii_attribute_numbers")
 
 
-def _value_tables(conn: duckdb.DuckDBPyConnection, qualified: str, columns: dict[str, str]) -> dict[str, str]:
-    """For every text column, a temp table of its distinct values with their row counts (one
-    grouped pass per column). The rules that look at one value at a time (identifiers, e-mail
-    shapes, and whether a value could equal a personal attribute at all) then read each distinct
-    value once instead of every row: the same findings and the same counts, far less work on a
-    table of millions of rows with few distinct texts (categories, reasons)."""
-    tables = {}
-    for i, (c, kind) in enumerate(columns.items()):
-        if kind != "text":
+def _value_table(conn: duckdb.DuckDBPyConnection, scanned: list[_Scanned]) -> None:
+    """``_pii_values``: every distinct value of every text column with its row count, keyed by
+    relation and column position (one grouped pass per column, all in one statement)."""
+    parts = [
+        f"select {i} as rel, {j} as col, r.{_ident(c)} as value, count(*) as n from {s.qualified} r "
+        f"where r.{_ident(c)} is not null group by all"
+        for i, s in enumerate(scanned)
+        for j, (c, kind) in enumerate(s.columns.items())
+        if kind == "text"
+    ]
+    if parts:
+        conn.execute("create or replace temp table _pii_values as " + " union all ".join(parts))
+    else:
+        conn.execute("create or replace temp table _pii_values (rel integer, col integer, value varchar, n bigint)")
+
+
+Range = tuple[float | None, float | None]
+
+
+def _number_ranges(conn: duckdb.DuckDBPyConnection, scanned: list[_Scanned]) -> dict[tuple[int, int], Range]:
+    """(relation, column) -> smallest and largest value of every number column, as doubles (one
+    pass per relation; ``(None, None)`` when the column holds no value)."""
+    ranges: dict[tuple[int, int], Range] = {}
+    for i, s in enumerate(scanned):
+        numbers = [(j, c) for j, (c, kind) in enumerate(s.columns.items()) if kind == "number"]
+        if not numbers:
             continue
-        table = f"_pii_values_{i}"
-        conn.execute(
-            f'create or replace temp table {table} as select r."{c}" as value, count(*) as n '
-            f'from {qualified} r where r."{c}" is not null group by 1'
-        )
-        tables[c] = table
-    return tables
+        aggregates = ", ".join(f"min(cast(r.{_ident(c)} as double)), max(cast(r.{_ident(c)} as double))" for _, c in numbers)
+        row = conn.execute(f"select {aggregates} from {s.qualified} r").fetchone()
+        for k, (j, _) in enumerate(numbers):
+            ranges[(i, j)] = (row[2 * k], row[2 * k + 1])
+    return ranges
+
+
+def _may_meet(a: Range, b: Range) -> bool:
+    """Whether a value in range ``a`` can equal one in range ``b``. Proven only by disjoint ranges:
+    NaN (which DuckDB orders above every number and compares equal to itself) never proves it."""
+    if a[0] is None or b[0] is None:
+        return False  # one side holds no number at all
+    if any(math.isnan(x) for x in (*a, *b)):
+        return True
+    return not (a[1] < b[0] or b[1] < a[0])
 
 
 def _identifier_leaks(
-    conn: duckdb.DuckDBPyConnection, qualified: str, relation: str, columns: dict[str, str], values: dict[str, str]
-) -> list[Leak]:
-    leaks = []
-    probes = {}
-    for c, kind in columns.items():
-        if kind == "other":
-            continue
-        # Text is compared as text (value by value, weighted by its rows); a number only with
-        # identifiers made of digits (a phone number).
-        if kind == "text":
-            probes[c] = (f"{values[c]} r", "r.value = i.value", "coalesce(sum(r.n), 0)")
-        else:
-            probes[c] = (f"{qualified} r", f'cast(r."{c}" as double) = i.number', "count(*)")
-    emails = {c: f"(select coalesce(sum(n) filter (where value like '%@%' and regexp_matches(value, '{EMAIL_PATTERN}')), 0) from {t})"
-              for c, t in values.items()}
-    parts = [f"(select {rows} from {source} semi join _pii_identifiers i on {match})" for source, match, rows in probes.values()]
-    if not parts and not emails:
-        return leaks
-    counts = conn.execute("select " + ", ".join([*parts, *emails.values()])).fetchone()  # one round trip
-    for (c, (source, match, _)), identifiers in zip(probes.items(), counts):
-        if identifiers:
-            kinds = [
-                k for (k,) in conn.execute(
-                    f"select distinct i.kind from {source} join _pii_identifiers i on {match} order by 1"
-                ).fetchall()
-            ]
-            leaks.append(Leak(relation, c, ", ".join(kinds), int(identifiers), f"{identifiers} values equal a customer's {' or '.join(kinds)}"))
-    for c, n in zip(emails, counts[len(parts):]):
+    conn: duckdb.DuckDBPyConnection, scanned: list[_Scanned], ranges: dict[tuple[int, int], Range]
+) -> list[tuple[tuple[int, ...], Leak]]:
+    """Direct identifiers and the masking key (text: value by value, weighted by its rows; numbers:
+    only against identifiers made of digits, a phone number) and e-mail shapes."""
+    found: list[tuple[tuple[int, ...], Leak]] = []
+    # Text, all columns at once: rows whose value equals any identifier, and the kinds it equals.
+    hits = {(rel, col): n for rel, col, n in conn.execute(
+        "select v.rel, v.col, sum(v.n) from _pii_values v semi join _pii_identifiers i on i.value = v.value group by all"
+    ).fetchall() if n}
+    kinds: dict[tuple[int, int], list[str]] = {}
+    if hits:
+        for rel, col, kind in conn.execute(
+            "select distinct v.rel, v.col, i.kind from _pii_values v join _pii_identifiers i on i.value = v.value order by 1, 2, 3"
+        ).fetchall():
+            kinds.setdefault((rel, col), []).append(kind)
+    # Numbers: only columns whose range meets the range of the identifiers made of digits.
+    digits = conn.execute("select min(number), max(number) from _pii_identifiers").fetchone()
+    probes = [(key, scanned[key[0]], list(scanned[key[0]].columns)[key[1]]) for key, span in ranges.items() if _may_meet(span, digits)]
+    if probes:
+        counts = conn.execute("select " + ", ".join(
+            f"(select count(*) from {s.qualified} r semi join _pii_identifiers i on cast(r.{_ident(c)} as double) = i.number)"
+            for _, s, c in probes
+        )).fetchone()  # one round trip
+        for (key, s, c), n in zip(probes, counts):
+            if n:
+                hits[key] = n
+                kinds[key] = [k for (k,) in conn.execute(
+                    f"select distinct i.kind from {s.qualified} r join _pii_identifiers i on cast(r.{_ident(c)} as double) = i.number order by 1"
+                ).fetchall()]
+    for (rel, col), n in hits.items():
+        s = scanned[rel]
+        found.append(((rel, 2, col), Leak(
+            s.relation, list(s.columns)[col], ", ".join(kinds[(rel, col)]), int(n),
+            f"{n} values equal a customer's {' or '.join(kinds[(rel, col)])}",
+        )))
+    for rel, col, n in conn.execute(
+        f"select rel, col, sum(n) from _pii_values where value like '%@%' and regexp_matches(value, '{EMAIL_PATTERN}') group by all"
+    ).fetchall():
         if n:
-            leaks.append(Leak(relation, c, "e-mail address", int(n), f"{n} values look like e-mail addresses"))
-    return leaks
+            found.append(((rel, 3, col), Leak(scanned[rel].relation, list(scanned[rel].columns)[col], "e-mail address", int(n), f"{n} values look like e-mail addresses")))
+    return found
 
 
-def _could_match(qualified: str, column: str, kind: str, attribute: str, numeric: bool, values: dict[str, str]) -> str:
-    """SQL: whether any value of the column equals anybody's ``attribute`` at all. A necessary
-    condition for it to equal its own customer's, and cheap to test (distinct values, or one semi join)."""
-    if kind == "text":
-        number = (
-            f' or try_cast(v.value as double) in (select "{attribute}__number" from _pii_linked where "{attribute}__number" is not null)'
-            if numeric else ""
-        )
-        sql = (
-            f'select exists (select 1 from {values[column]} v where v.value in '
-            f'(select "{attribute}__text" from _pii_linked where "{attribute}__text" is not null){number})'
-        )
-    else:
-        sql = (
-            f'select exists (select 1 from {qualified} r semi join (select distinct "{attribute}__number" as number from _pii_linked '
-            f'where "{attribute}__number" is not null) p on cast(r."{column}" as double) = p.number)'
-        )
-    return f"({sql})"
+def _text(column: str, table: str = "r") -> str:
+    return f"cast({table}.{_ident(column)} as varchar)"
+
+
+def _attribute_sets(conn: duckdb.DuckDBPyConnection, attributes: dict[str, bool]) -> dict[str, Range]:
+    """``_pii_attribute_texts`` (every customer's attribute values as text, distinct) and
+    ``_pii_attribute_numbers`` (the numeric attributes' values as numbers, distinct), from
+    ``_pii_linked``; returns each numeric attribute's range."""
+    texts = [
+        f"select distinct {_literal(a)} as attribute, {_ident(a + '__text')} as text from _pii_linked where {_ident(a + '__text')} is not null"
+        for a in attributes
+    ] or ["select null::varchar as attribute, null::varchar as text where false"]
+    numbers = [
+        f"select distinct {_literal(a)} as attribute, {_ident(a + '__number')} as number from _pii_linked where {_ident(a + '__number')} is not null"
+        for a, numeric in attributes.items() if numeric
+    ] or ["select null::varchar as attribute, null::double as number where false"]
+    conn.execute("create or replace temp table _pii_attribute_texts as " + " union all ".join(texts))
+    conn.execute("create or replace temp table _pii_attribute_numbers as " + " union all ".join(numbers))
+    spans = conn.execute("select attribute, min(number), max(number) from _pii_attribute_numbers group by 1").fetchall()
+    return {a: (lo, hi) for a, lo, hi in spans}
 
 
 def _linked_leaks(
-    conn: duckdb.DuckDBPyConnection, qualified: str, relation: str, columns: dict[str, str], attributes: dict[str, bool],
-    values: dict[str, str] | None = None,
-) -> list[Leak]:
+    conn: duckdb.DuckDBPyConnection, scanned: list[_Scanned], attributes: dict[str, bool],
+    ranges: dict[tuple[int, int], Range],
+) -> list[tuple[tuple[int, ...], Leak]]:
     """``attributes``: name -> whether it is numeric (compared as a number too). Only the (column,
     attribute) pairs whose values meet the attribute's values anywhere are joined to the customers."""
-    values = values if values is not None else _value_tables(conn, qualified, columns)
-    candidates = []
-    for c, kind in columns.items():
-        for a, numeric in attributes.items():
-            if kind == "text":
-                number = f' or (p."{a}__number" is not null and try_cast(r."{c}" as double) = p."{a}__number")' if numeric else ""
-                condition = f'r."{c}" = p."{a}__text"{number}'
-            elif kind == "number" and numeric:
-                condition = f'cast(r."{c}" as double) = p."{a}__number"'
-            else:
-                continue
-            candidates.append((c, a, condition, _could_match(qualified, c, kind, a, numeric, values)))
-    if not candidates:
+    linked = [i for i, s in enumerate(scanned) if "customer_id" in s.columns]
+    if not linked or not attributes:
         return []
-    possible = conn.execute("select " + ", ".join(test for *_, test in candidates)).fetchone()  # one round trip
-    pairs = [(c, a, condition) for (c, a, condition, _), hit in zip(candidates, possible) if hit]
-    if not pairs:
-        return []
-    used = list(dict.fromkeys(a for _, a, _ in pairs))
-    aggregates = [f'count(p."{a}__text")' for a in used] + [f"count(*) filter (where {cond})" for _, _, cond in pairs]
-    counts = conn.execute(
-        f"select {', '.join(aggregates)} from {qualified} r join _pii_linked p on p.customer_id = {_text('customer_id')}"
-    ).fetchone()
-    known = dict(zip(used, counts[: len(used)]))
-    return [
-        Leak(relation, c, a, int(n), f"{n} of {known[a]} rows equal the customer's own {a}")
-        for (c, a, _), n in zip(pairs, counts[len(used):])
-        if n and n > LINKED_LEAK_SHARE * known[a]
+    spans = _attribute_sets(conn, attributes)
+    rels = ", ".join(str(i) for i in linked)
+    # Text columns, all at once: which (column, attribute) pairs share a value (as text, or as a
+    # number for numeric attributes) with anybody's attribute.
+    possible = set(conn.execute(
+        f"""select distinct v.rel, v.col, a.attribute from _pii_values v join _pii_attribute_texts a on a.text = v.value
+            where v.rel in ({rels})
+            union
+            select distinct v.rel, v.col, a.attribute
+            from (select rel, col, try_cast(value as double) as number from _pii_values where rel in ({rels})) v
+            join _pii_attribute_numbers a on a.number = v.number"""
+    ).fetchall())
+    # Number columns: compared value by value only where the ranges meet.
+    probes = [
+        (i, j, c, a)
+        for i in linked
+        for j, (c, kind) in enumerate(scanned[i].columns.items())
+        if kind == "number"
+        for a, numeric in attributes.items()
+        if numeric and _may_meet(ranges[(i, j)], spans.get(a, (None, None)))
     ]
+    if probes:
+        exists = conn.execute("select " + ", ".join(
+            f"(select exists (select 1 from {scanned[i].qualified} r semi join _pii_attribute_numbers p "
+            f"on p.attribute = {_literal(a)} and cast(r.{_ident(c)} as double) = p.number))"
+            for i, j, c, a in probes
+        )).fetchone()  # one round trip
+        possible |= {(i, j, a) for (i, j, _, a), hit in zip(probes, exists) if hit}
+    found: list[tuple[tuple[int, ...], Leak]] = []
+    for i in linked:
+        s = scanned[i]
+        pairs = []
+        for j, (c, kind) in enumerate(s.columns.items()):
+            for k, (a, numeric) in enumerate(attributes.items()):
+                if (i, j, a) not in possible:
+                    continue
+                if kind == "text":
+                    number = f' or (p."{a}__number" is not null and try_cast(r.{_ident(c)} as double) = p."{a}__number")' if numeric else ""
+                    condition = f'r.{_ident(c)} = p."{a}__text"{number}'
+                else:
+                    condition = f'cast(r.{_ident(c)} as double) = p."{a}__number"'
+                pairs.append((j, k, c, a, condition))
+        if not pairs:
+            continue
+        used = list(dict.fromkeys(a for *_, a, _ in pairs))
+        aggregates = [f'count(p."{a}__text")' for a in used] + [f"count(*) filter (where {cond})" for *_, cond in pairs]
+        counts = conn.execute(
+            f"select {', '.join(aggregates)} from {s.qualified} r join _pii_linked p on p.customer_id = {_text('customer_id')}"
+        ).fetchone()
+        known = dict(zip(used, counts[: len(used)]))
+        found += [
+            ((i, 4, j, k), Leak(s.relation, c, a, int(n), f"{n} of {known[a]} rows equal the customer's own {a}"))
+            for (j, k, c, a, _), n in zip(pairs, counts[len(used):])
+            if n and n > LINKED_LEAK_SHARE * known[a]
+        ]
+    return found
