@@ -2,7 +2,8 @@
 
 The pandera model stays the single source of truth; this module compiles the parts of it that
 the input contracts use into SQL predicates over the audit table and evaluates them all in one
-scan (plus one grouped pass per unique column):
+scan (uniqueness included: a unique column with as many distinct values as values needs no
+further pass; only a column with duplicates gets one grouped pass that lists them):
 
 * missing required column        -> ``column_in_dataframe``
 * value not castable to the type -> ``coerce_dtype('<dtype>')`` (DuckDB ``try_cast``: the same cast
@@ -37,6 +38,14 @@ SQL_TYPES = {
     "bool": "boolean",
     "datetime64[ns]": "timestamp",
 }
+
+
+# Conditions that prove a value matches a pattern without running the regular expression, which
+# then runs only on the rest. ``^\s*\S`` (not blank): RE2's ``\s`` is [\t\n\f\r ], all below
+# '!' (0x21), so a value whose first byte is '!' or above (byte-wise comparison) has a non-space
+# first character and matches; an empty value or one starting with a byte below '!' goes to the
+# regex. On ids this is about six times cheaper than the regex on every value.
+REGEX_SHORTCUTS = {r"^\s*\S": "{} >= '!'"}
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,10 @@ def _builtin_predicate(check: pa.Check, typed: str) -> str | None:
         values = ", ".join(sql_literal(v) for v in stats["allowed_values" if name == "isin" else "forbidden_values"])
         return f"{typed} {'in' if name == 'isin' else 'not in'} ({values})"
     if name == "str_matches":
-        return f"regexp_matches({typed}, {sql_literal(stats['pattern'])})"
+        pattern = stats["pattern"]
+        match = f"regexp_matches({typed}, {sql_literal(pattern)})"
+        shortcut = REGEX_SHORTCUTS.get(pattern)
+        return f"(case when {shortcut.format(typed)} then true else {match} end)" if shortcut else match
     if name in SQL_CHECKS:
         return "(" + SQL_CHECKS[name](typed) + ")"
     return None
@@ -135,11 +147,16 @@ def failure_cases(
                                    "index": None, "count": 1}))
     rules, in_pandas, unique = compile_rules(schema, present)
 
-    if rules and rows:
+    duplicated: list[str] = []
+    if (rules or unique) and rows:
         counts = conn.execute(
-            "select " + ", ".join(f"count_if({r.failing})" for r in rules) + f" from {table}"
+            "select "
+            + ", ".join([f"count_if({r.failing})" for r in rules]
+                        + [f"count({quoted(name)}) - count(distinct {quoted(name)})" for name in unique])
+            + f" from {table}"
         ).fetchone()
-        failing = [(r, int(n)) for r, n in zip(rules, counts) if n]
+        duplicated = [name for name, n in zip(unique, counts[len(rules):]) if n]
+        failing = [(r, int(n)) for r, n in zip(rules, counts[: len(rules)]) if n]
         for rule, n in failing:
             sample = conn.execute(
                 f"select {rule.value} as failure_case, rowid as index from {table} where {rule.failing} "
@@ -150,7 +167,7 @@ def failure_cases(
             sample["count"] = n
             found.append(sample)
 
-    for name in unique:
+    for name in duplicated:  # every copy of every duplicated value, with a sample of rows
         raw = quoted(name)
         dupes = conn.execute(
             f"""select {raw}::varchar as failure_case, rowid as index, count(*) over () as count from {table}

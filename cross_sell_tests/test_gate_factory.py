@@ -160,6 +160,44 @@ def test_unreadable_dates_do_not_fall_back_to_row_by_row_parsing() -> None:
     assert elapsed < 30, f"validation took {elapsed:.1f}s"
 
 
+def test_not_blank_shortcut_agrees_with_the_regex() -> None:
+    # The SQL engine proves "not blank" by a byte comparison before it runs the regex; on every
+    # kind of leading character the verdict must be the regex's own.
+    from cross_sell.quality_sql import REGEX_SHORTCUTS
+
+    values = ["", " ", "  ", "\t", "\n", "\r", "\f", "\v", "\xa0", "\u2003", "\x01", " \t\n", "!", "a", " a",
+              "\ta", "\n\nx", "\x01a", "\u00e9", " \u00e9", "\u2003x", "\x7f", "0", "~", "\U0001f600"]
+    shortcut = REGEX_SHORTCUTS[contracts.NON_BLANK].format("v")
+    with duckdb.connect() as conn:
+        rows = conn.execute(
+            f"select v, regexp_matches(v, ?), (case when {shortcut} then true else regexp_matches(v, ?) end) "
+            "from (select unnest(?::varchar[]) as v)",
+            [contracts.NON_BLANK, contracts.NON_BLANK, values],
+        ).fetchall()
+    assert len(rows) == len(values)
+    assert [(v, regex) for v, regex, _ in rows] == [(v, fast) for v, _, fast in rows]
+
+
+def test_gate_on_columns_landed_typed_reports_like_text() -> None:
+    # Parquet columns the contract reads exactly land typed; the gate must find the same problems.
+    text = _purchases_text()
+    text.loc[1, "quantity"] = "0"
+    text.loc[2, "amount"] = "-1"
+    text.loc[3, "purchase_id"] = text.loc[0, "purchase_id"]
+    text.loc[4, "order_id"] = "  "
+    expected = _validate("duckdb", contracts.Purchase, text).counts()
+    with duckdb.connect() as conn:
+        conn.register("frame", text)
+        conn.execute(
+            "create table audit_typed as select * replace (quantity::integer as quantity, amount::double as amount, "
+            "purchase_date::timestamp as purchase_date) from frame"
+        )
+        typed = validate_table(conn, "audit_typed", contracts.Purchase)
+    assert expected == {"validity:greater_than(0)": {"quantity": 1}, "validity:greater_than_or_equal_to(0)": {"amount": 1},
+                        "uniqueness:unique": {"purchase_id": 2}, "completeness:not_blank": {"order_id": 1}}
+    assert typed.counts() == expected
+
+
 def test_an_exception_becomes_a_failed_report_carrying_the_error() -> None:
     class Broken(pa.DataFrameModel):
         x: Series[int]
