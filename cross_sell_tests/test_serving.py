@@ -397,6 +397,33 @@ def test_exports_are_replaced_atomically(tiny: Served, tmp_path: Path) -> None:
     assert not [p for p in copy.exports.iterdir() if p.name.startswith(".")]
 
 
+def test_exports_sort_only_tables_not_stored_in_key_order(tiny: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table already stored in key order is written as stored; the file is byte-identical to the
+    sorted one, and a table out of order is still sorted."""
+    copy = _copy(tiny, tmp_path)
+    shuffled = "create or replace table main.cross_sell_scores as select * from main.cross_sell_scores order by customer_id desc, product_category desc"
+    with duckdb.connect(str(copy.warehouse)) as conn:
+        conn.execute(shuffled)
+        assert not ex.in_key_order(conn, "cross_sell_scores", ["customer_id", "product_category"])
+        as_stored = ex.export_tables(conn, tmp_path / "as_stored")
+        conn.execute("create or replace table main.cross_sell_scores as select * from main.cross_sell_scores order by customer_id, product_category")
+        assert ex.in_key_order(conn, "cross_sell_scores", ["customer_id", "product_category"])
+        in_order = ex.export_tables(conn, tmp_path / "in_order")
+        # Several row groups, with ties on the first key.
+        conn.execute("create table main.big as select 'k' || lpad((i // 7)::varchar, 6, '0') as k, i % 7 as j, i * 0.5 as x from range(300000) r(i)")
+        big = (ex.Export("big", "k, j", "test"),)
+        assert ex.in_key_order(conn, "big", ["k", "j"]) and not ex.in_key_order(conn, "big", ["j", "k"])
+        fast = ex.export_tables(conn, tmp_path / "fast", big)
+        monkeypatch.setattr(ex, "in_key_order", lambda *args: False)
+        sorted_big = ex.export_tables(conn, tmp_path / "sorted", big)
+        always_sorted = ex.export_tables(conn, tmp_path / "always_sorted")
+    assert [f["sha256"] for f in fast["files"]] == [f["sha256"] for f in sorted_big["files"]]
+    checksums = [[f["sha256"] for f in index["files"]] for index in (as_stored, in_order, always_sorted)]
+    assert checksums[0] == checksums[1] == checksums[2]
+    exported = duckdb.read_parquet(str(tmp_path / "as_stored" / "cross_sell_scores.parquet")).df()
+    assert list(zip(exported.customer_id, exported.product_category)) == sorted(zip(exported.customer_id, exported.product_category))
+
+
 def test_checksum_check_detects_a_changed_file(tiny: Served, tmp_path: Path) -> None:
     copy = _copy(tiny, tmp_path)
     path = copy.exports / "cross_sell_scores.parquet"
