@@ -7,7 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from cross_sell import contracts
 from cross_sell.ingest.formats import published_capabilities
-from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql, unavailable_metrics
+from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql, per_customer_sql, unavailable_metrics
 from cross_sell.quality import gated_publish, output_contract_spec
 from cross_sell.warehouse import connect, markdown, uri
 
@@ -40,8 +40,11 @@ def customer_metrics(
     with connect(duckdb) as conn:
         input_format, caps = published_capabilities(conn)
         unavailable = unavailable_metrics(caps)
-        df = conn.execute(customer_metrics_sql(config.clv_horizon_years, caps)).df()
-        buyers = conn.execute("select count(distinct customer_id) from purchases").fetchall()[0][0]
+        # One pass over the purchase lines, kept for the metrics and the count of buying customers.
+        conn.execute(f"create or replace temp table _per_customer as {per_customer_sql()}")
+        df = conn.execute(customer_metrics_sql(config.clv_horizon_years, caps, per_customer="_per_customer")).df()
+        buyers = conn.execute("select count(customer_id) from _per_customer").fetchall()[0][0]
+        conn.execute("drop table _per_customer")
         rank_by = next((m for m in ("clv", "total_spend", "orders") if m not in unavailable), "customer_id")
         top = df.sort_values(rank_by, ascending=False).head(10)[["customer_id", "orders", "total_spend", "clv"]]
         metadata: dict = {

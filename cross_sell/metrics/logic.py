@@ -54,8 +54,24 @@ def _available(expression: str, metric: str, unavailable: dict[str, str], sql_ty
     return f"null::{sql_type} as {metric}" if metric in unavailable else f"{expression}::{sql_type} as {metric}"
 
 
-def customer_metrics_sql(horizon_years: float = 3.0, caps: Capabilities | None = None) -> str:
-    """SELECT producing the ``customer_metrics`` table from ``customers`` and ``purchases``."""
+def per_customer_sql() -> str:
+    """SELECT of each buying customer's orders, spend and first and last order time: the one pass
+    over the purchase lines that :func:`customer_metrics_sql` rests on (also a table of its own,
+    so the buying customers are counted without another pass)."""
+    return """
+    select customer_id, count(*) as orders, sum(order_amount) as total_spend,
+           min(ordered_at) as first_order, max(ordered_at) as last_order
+    from (
+        select customer_id, order_id, min(purchase_date) as ordered_at, sum(amount) as order_amount
+        from purchases group by customer_id, order_id
+    )
+    group by customer_id
+    """
+
+
+def customer_metrics_sql(horizon_years: float = 3.0, caps: Capabilities | None = None, per_customer: str | None = None) -> str:
+    """SELECT producing the ``customer_metrics`` table from ``customers`` and ``purchases``
+    (``per_customer``: a table holding :func:`per_customer_sql` already, instead of computing it)."""
     unavailable = unavailable_metrics(caps or Capabilities())
     clv = (
         "case when orders > 0 then (total_spend / orders) * (orders * 365.0 / greatest(coalesce(tenure_days, 0), 30))"
@@ -65,14 +81,8 @@ def customer_metrics_sql(horizon_years: float = 3.0, caps: Capabilities | None =
     with as_of as (
         select max(purchase_date) as as_of from purchases
     ),
-    orders as (
-        select customer_id, order_id, min(purchase_date) as ordered_at, sum(amount) as order_amount
-        from purchases group by customer_id, order_id
-    ),
     per_customer as (
-        select customer_id, count(*) as orders, sum(order_amount) as total_spend,
-               min(ordered_at) as first_order, max(ordered_at) as last_order
-        from orders group by customer_id
+        {f"select * from {per_customer}" if per_customer else per_customer_sql()}
     ),
     base as (
         select c.customer_id,
@@ -100,20 +110,29 @@ def customer_metrics_sql(horizon_years: float = 3.0, caps: Capabilities | None =
 
 
 def customer_category_sql(caps: Capabilities | None = None) -> str:
-    """SELECT producing ``customer_category_matrix``: one row per customer and category bought."""
+    """SELECT producing ``customer_category_matrix``: one row per customer and category bought.
+
+    Two grouping passes instead of ``count(distinct order_id)``, which DuckDB plans as two
+    aggregations over the lines and a join: lines to (customer, category, order), then those to
+    (customer, category), where counting the order ids counts the distinct orders. Rows come in no
+    particular order (read with ORDER BY)."""
     caps = caps or Capabilities()
 
     def known(expression: str, fact: bool, name: str, sql_type: str) -> str:
         return f"{expression}::{sql_type} as {name}" if fact else f"null::{sql_type} as {name}"
 
     return f"""
-    select p.customer_id, pr.product_category,
-           {known("count(distinct p.order_id)", caps.orders, "orders", "bigint")},
-           {known("sum(p.quantity)", caps.quantities, "quantity", "bigint")},
-           {known("sum(p.amount)", caps.prices, "spend", "double")},
-           {known("min(p.purchase_date)", caps.dated_lines, "first_purchase", "timestamp")},
-           {known("max(p.purchase_date)", caps.dated_lines, "last_purchase", "timestamp")}
-    from purchases p join products pr using (product_id)
-    group by p.customer_id, pr.product_category
-    order by p.customer_id, pr.product_category
+    select customer_id, product_category,
+           {known("count(order_id)", caps.orders, "orders", "bigint")},
+           {known("sum(quantity)", caps.quantities, "quantity", "bigint")},
+           {known("sum(spend)", caps.prices, "spend", "double")},
+           {known("min(first_purchase)", caps.dated_lines, "first_purchase", "timestamp")},
+           {known("max(last_purchase)", caps.dated_lines, "last_purchase", "timestamp")}
+    from (
+        select p.customer_id, pr.product_category, p.order_id, sum(p.quantity) as quantity, sum(p.amount) as spend,
+               min(p.purchase_date) as first_purchase, max(p.purchase_date) as last_purchase
+        from purchases p join products pr using (product_id)
+        group by p.customer_id, pr.product_category, p.order_id
+    )
+    group by customer_id, product_category
     """
