@@ -332,6 +332,30 @@ def test_pii_scan_finds_planted_leaks(tiny: Served, tmp_path: Path) -> None:
     assert not [leak for leak in leaks if leak.relation.startswith("main.") and leak.relation != "main.customers"]
 
 
+def test_pii_scan_compares_numbers_only_where_they_can_meet(tiny: Served, tmp_path: Path) -> None:
+    """Number columns are proven clean by their range only when it cannot meet the personal
+    numbers; otherwise they are compared value by value (phone digits, incomes, NaN)."""
+    copy = _copy(tiny, tmp_path)
+    planted = tmp_path / "numbers.duckdb"
+    shutil.copy(copy.marketing, planted)
+    with duckdb.connect(str(planted)) as conn:
+        conn.execute("create schema notes")
+        # Bob's phone as a number, among small numbers (the range meets the phone digits).
+        conn.execute("create table notes.callback as select * from (values (1), (15550000002)) t(number)")
+        # Incomes as decimals next to their customers, and numbers that can never be personal.
+        conn.execute(
+            """create table notes.incomes as select * from (values
+               ('C1', 50000.00::decimal(12, 2), 0.5::double, 'nan'::double),
+               ('C3', 30000.00::decimal(12, 2), 0.25::double, 'nan'::double)) t(customer_id, paid, share, missing)"""
+        )
+        conn.execute('create table notes."odd ""name""" as select \'Ann Lee\' as "who ""is"""')  # quoted names
+    found = {(leak.relation, leak.column, leak.kind, leak.matches) for leak in _scan(copy, planted)}
+    assert ("notes.callback", "number", "phone (digits)", 1) in found
+    assert ("notes.incomes", "paid", "income", 2) in found
+    assert not {f for f in found if f[0] == "notes.incomes" and f[1] in ("share", "missing", "customer_id")}
+    assert ('notes.odd "name"', 'who "is"', "full name", 1) in found
+
+
 def test_leaking_marketing_file_is_never_published(tiny: Served, tmp_path: Path) -> None:
     """Personal data typed into a free-text field (a product name) must not reach marketing."""
     copy = _copy(tiny, tmp_path)
