@@ -110,15 +110,22 @@ def _not_after(keys: list[str], a: str = "a", b: str = "b") -> str:
 def in_key_order(conn: duckdb.DuckDBPyConnection, table: str, keys: list[str]) -> bool:
     """Whether ``COPY (select * from table)`` writes the rows in the same order as ``order by keys``.
 
-    True only when it is proven: insertion order is preserved (DuckDB's default), the row ids are
-    0..n-1 (storage order, no gaps), and every row's keys sort before or equal to the next row's
-    (a comparison with a null key proves nothing). Rows are paired with the next one by a positional join of two scans, and every
-    pair is checked to be (row id, row id + 1), so a pairing out of step cannot pass. One streaming
-    pass instead of a sort of the whole table; anything unproven falls back to sorting."""
-    if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) for k in keys):
+    True only when it is proven: the relation is a table, insertion order is preserved (DuckDB's
+    default), the row ids are 0..n-1 (storage order, no gaps), and every row's keys sort before or
+    equal to the next row's (a comparison with a null key proves nothing). Rows are paired with the
+    next one by a positional join of two scans, and every pair is checked to be (row id, row id + 1),
+    so a pairing out of step cannot pass. One streaming pass instead of a sort of the whole table;
+    anything unproven falls back to sorting."""
+    if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or k.lower() == "__row" for k in keys):
         return False  # an ORDER BY expression (desc, collate, ...) is not a plain key list
     if str(conn.execute("select current_setting('preserve_insertion_order')").fetchone()[0]).lower() != "true":
         return False
+    is_table = conn.execute(
+        "select count(*) from duckdb_tables() where database_name = current_database() and schema_name = ? and table_name = ?",
+        [PUBLISHED_SCHEMA, table],
+    ).fetchone()[0]
+    if not is_table:
+        return False  # a view has no row ids to prove its order with
     relation = f"{PUBLISHED_SCHEMA}.{_ident(table)}"
     rows, first, last = conn.execute(f"select count(*), min(rowid), max(rowid) from {relation}").fetchone()
     if rows <= 1:
@@ -127,10 +134,10 @@ def in_key_order(conn: duckdb.DuckDBPyConnection, table: str, keys: list[str]) -
         return False
     columns = ", ".join(_ident(k) for k in keys)
     pairs, out_of_step, unsorted = conn.execute(
-        f"""select count(b.row_id), count(*) filter (where b.row_id is not null and b.row_id <> a.row_id + 1),
-                   count(*) filter (where b.row_id is not null and ({_not_after(keys)}) is not true)
-            from (select rowid as row_id, {columns} from {relation}) a
-            positional join (select rowid as row_id, {columns} from {relation} where rowid > 0) b"""
+        f"""select count(b.__row), count(*) filter (where b.__row is not null and b.__row <> a.__row + 1),
+                   count(*) filter (where b.__row is not null and ({_not_after(keys)}) is not true)
+            from (select rowid as __row, {columns} from {relation}) a
+            positional join (select rowid as __row, {columns} from {relation} where rowid > 0) b"""
     ).fetchone()
     return pairs == rows - 1 and out_of_step == 0 and unsorted == 0
 
