@@ -113,9 +113,10 @@ def in_key_order(conn: duckdb.DuckDBPyConnection, table: str, keys: list[str]) -
     True only when it is proven: the relation is a table, insertion order is preserved (DuckDB's
     default), the row ids are 0..n-1 (storage order, no gaps), and every row's keys sort before or
     equal to the next row's (a comparison with a null key proves nothing). Rows are paired with the
-    next one by a positional join of two scans, and every pair is checked to be (row id, row id + 1),
-    so a pairing out of step cannot pass. One streaming pass instead of a sort of the whole table;
-    anything unproven falls back to sorting."""
+    next one by a positional join of two scans (one join per slice of row ids, so the slices run in
+    parallel), and every pair is checked to be (row id, row id + 1), so a pairing out of step cannot
+    pass. One streaming pass instead of a sort of the whole table; anything unproven falls back to
+    sorting."""
     if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or k.lower() == "__row" for k in keys):
         return False  # an ORDER BY expression (desc, collate, ...) is not a plain key list
     if str(conn.execute("select current_setting('preserve_insertion_order')").fetchone()[0]).lower() != "true":
@@ -133,11 +134,22 @@ def in_key_order(conn: duckdb.DuckDBPyConnection, table: str, keys: list[str]) -
     if first != 0 or last != rows - 1:
         return False
     columns = ", ".join(_ident(k) for k in keys)
+    threads = int(conn.execute("select current_setting('threads')").fetchone()[0])
+    chunks = max(1, min(threads, rows // 100_000))  # a positional join runs on one thread: one per thread
+    edges = [round(i * (rows - 1) / chunks) for i in range(chunks + 1)]
+
+    def scan(lo: int, hi: int) -> str:
+        return f"select rowid as __row, {columns} from {relation} where rowid >= {lo} and rowid < {hi}"
+
+    pairs_sql = [  # row r next to row r + 1, for every r in [lo, hi)
+        f"""select count(b.__row) as pairs,
+                   count(*) filter (where b.__row is not null and b.__row <> a.__row + 1) as out_of_step,
+                   count(*) filter (where b.__row is not null and ({_not_after(keys)}) is not true) as unsorted
+            from ({scan(lo, hi)}) a positional join ({scan(lo + 1, hi + 1)}) b"""
+        for lo, hi in zip(edges, edges[1:])
+    ]
     pairs, out_of_step, unsorted = conn.execute(
-        f"""select count(b.__row), count(*) filter (where b.__row is not null and b.__row <> a.__row + 1),
-                   count(*) filter (where b.__row is not null and ({_not_after(keys)}) is not true)
-            from (select rowid as __row, {columns} from {relation}) a
-            positional join (select rowid as __row, {columns} from {relation} where rowid > 0) b"""
+        f"select sum(pairs), sum(out_of_step), sum(unsorted) from ({' union all '.join(pairs_sql)})"
     ).fetchone()
     return pairs == rows - 1 and out_of_step == 0 and unsorted == 0
 
