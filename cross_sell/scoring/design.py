@@ -326,6 +326,32 @@ class AdditiveTables:
             flush()
         return cls(base=np.asarray(base, dtype=np.float64), tables=tables)
 
+    def _pair_contribution(self, offset: int, candidate: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """What pair feature ``offset`` adds, for a (rows, profile categories) block of its codes."""
+        table = self.tables[offset][candidate]  # (categories, codes)
+        flat = np.arange(len(candidate), dtype=np.int32)[None, :] * table.shape[1] + codes  # row-major index
+        return np.take(table.ravel(), flat)
+
+    def _per_owned_set(self, encoder: FeatureEncoder, profiles: Profiles, pairs: PairFeatures) -> np.ndarray | None:
+        """(distinct owned sets, profile categories): the summed contribution of the pair features
+        that depend only on the owned categories, once per set (cached on ``pairs`` for the
+        chunks that follow); None when the pair features carry no sets."""
+        if pairs.profile_of is None or not pairs.by_profile:
+            return None
+        key = ("per_owned_set", id(self), id(encoder))
+        if key not in pairs.cache:
+            candidate = encoder.candidate_codes(profiles).astype(np.int64)
+            total = np.zeros(next(iter(pairs.by_profile.values())).shape, dtype=np.float64)
+            for offset, name in enumerate(PAIR_NUMERIC, start=1):
+                if name in pairs.by_profile:
+                    codes = np.zeros(total.shape, dtype=np.int16) if name in encoder.constant else _bins(
+                        pairs.by_profile[name], encoder.edges[name]
+                    )
+                    total += self._pair_contribution(offset, candidate, codes)
+            pairs.cache.clear()  # one model's sets at a time
+            pairs.cache[key] = total
+        return pairs.cache[key]
+
     def raw_scores(
         self, encoder: FeatureEncoder, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice
     ) -> np.ndarray:
@@ -335,11 +361,13 @@ class AdditiveTables:
         out = np.empty((customer.shape[0], len(candidate)), dtype=np.float64)
         out[:] = self.base[candidate][None, :]
         first_customer = 1 + len(PAIR_NUMERIC)
+        per_set = self._per_owned_set(encoder, profiles, pairs)
+        if per_set is not None:  # the features that only depend on the owned categories, summed per set
+            out += per_set[pairs.profile_of[rows]]
         for offset, name in enumerate(PAIR_NUMERIC, start=1):
-            table = self.tables[offset][candidate]  # (categories, codes)
-            codes = encoder.pair_codes(pairs, name, rows)
-            flat = np.arange(len(candidate), dtype=np.int32)[None, :] * table.shape[1] + codes  # row-major index
-            out += np.take(table.ravel(), flat)
+            if per_set is not None and name in pairs.by_profile:
+                continue
+            out += self._pair_contribution(offset, candidate, encoder.pair_codes(pairs, name, rows))
         # Most customer features sit at one code for most customers (a category's spend share is 0
         # for everyone who never bought it): that code's row is added once to every customer, and
         # only the customers at another code add their difference.

@@ -26,13 +26,13 @@ Per (customer, candidate category b), from the ownership of all customers as of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from cross_sell.scoring.logic import strongest_rule
+from cross_sell.scoring.logic import distinct_profiles, strongest_rule
 
 CANDIDATE = "category"
 CUSTOMER_NUMERIC = (
@@ -85,9 +85,17 @@ class RuleStatistics:
 
 @dataclass(frozen=True)
 class PairFeatures:
-    """(n, k) float32 matrices, one per name in PAIR_NUMERIC."""
+    """(n, k) float32 matrices, one per name in PAIR_NUMERIC.
+
+    The features that depend only on which categories a customer owns are also kept once per
+    distinct set of owned categories: ``by_profile[name]`` is (sets, k) and ``profile_of[i]`` is
+    customer i's row in it (``values[name]`` is ``by_profile[name][profile_of]``), so scoring can
+    work per set instead of per customer. ``cache`` holds what scoring derives from them."""
 
     values: dict[str, np.ndarray]
+    by_profile: dict[str, np.ndarray] = field(default_factory=dict)
+    profile_of: np.ndarray | None = None
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 _CUSTOMERS = """
@@ -269,18 +277,21 @@ def rule_statistics(owned: np.ndarray) -> RuleStatistics:
 def pair_features(profiles: Profiles, rules: RuleStatistics) -> PairFeatures:
     """The (customer, candidate category) features, as dense (n, k) float32 matrices."""
     n, k = profiles.shape
-    rule_confidence, _ = strongest_rule(profiles.owned, rules.confidence)
-    rule_lift, _ = strongest_rule(profiles.owned, rules.lift)
-    owned = profiles.owned.astype(np.float32)
-    return PairFeatures(
-        values={
-            "popularity": np.broadcast_to(rules.popularity.astype(np.float32)[None, :], (n, k)),
-            "rule_confidence": rule_confidence,
-            "rule_lift": rule_lift,
-            "log_lift_sum": owned @ rules.log_lift_smoothed.astype(np.float32),
-            "weighted_confidence": profiles.spend_share @ rules.confidence.astype(np.float32),
-        }
-    )
+    distinct = distinct_profiles(profiles.owned)
+    sets, profile_of = distinct if distinct is not None else (profiles.owned, None)
+    by_profile = {
+        "rule_confidence": strongest_rule(sets, rules.confidence)[0],
+        "rule_lift": strongest_rule(sets, rules.lift)[0],
+        "log_lift_sum": sets.astype(np.float32) @ rules.log_lift_smoothed.astype(np.float32),
+    }
+    values = {
+        "popularity": np.broadcast_to(rules.popularity.astype(np.float32)[None, :], (n, k)),
+        **{name: (v[profile_of] if profile_of is not None else v) for name, v in by_profile.items()},
+        "weighted_confidence": profiles.spend_share @ rules.confidence.astype(np.float32),
+    }
+    if profile_of is None:
+        return PairFeatures(values=values)
+    return PairFeatures(values=values, by_profile=by_profile, profile_of=profile_of)
 
 
 def feature_names(categories: list[str]) -> list[str]:
