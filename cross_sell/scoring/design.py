@@ -338,19 +338,19 @@ class AdditiveTables:
         chunks that follow); None when the pair features carry no sets."""
         if pairs.profile_of is None or not pairs.by_profile:
             return None
-        key = ("per_owned_set", id(self), id(encoder))
-        if key not in pairs.cache:
-            candidate = encoder.candidate_codes(profiles).astype(np.int64)
-            total = np.zeros(next(iter(pairs.by_profile.values())).shape, dtype=np.float64)
-            for offset, name in enumerate(PAIR_NUMERIC, start=1):
-                if name in pairs.by_profile:
-                    codes = np.zeros(total.shape, dtype=np.int16) if name in encoder.constant else _bins(
-                        pairs.by_profile[name], encoder.edges[name]
-                    )
-                    total += self._pair_contribution(offset, candidate, codes)
-            pairs.cache.clear()  # one model's sets at a time
-            pairs.cache[key] = total
-        return pairs.cache[key]
+        cached = pairs.cache.get("per_owned_set")
+        if cached is not None and cached[0] is self and cached[1] is encoder:
+            return cached[2]
+        candidate = encoder.candidate_codes(profiles).astype(np.int64)
+        total = np.zeros(next(iter(pairs.by_profile.values())).shape, dtype=np.float64)
+        for offset, name in enumerate(PAIR_NUMERIC, start=1):
+            if name in pairs.by_profile:
+                codes = np.zeros(total.shape, dtype=np.int16) if name in encoder.constant else _bins(
+                    pairs.by_profile[name], encoder.edges[name]
+                )
+                total += self._pair_contribution(offset, candidate, codes)
+        pairs.cache["per_owned_set"] = (self, encoder, total)  # one model's sums at a time
+        return total
 
     def raw_scores(
         self, encoder: FeatureEncoder, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice
