@@ -36,9 +36,9 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cross_sell.affinity.logic import MASK_ITEMS, association_rules, association_rules_from_masks
+from cross_sell.affinity.assets import category_level_rules
+from cross_sell.affinity.logic import association_rules
 from cross_sell.resources import InputFiles
-from cross_sell.warehouse import distinct_item_sets
 
 GIB = 1024**3
 
@@ -201,13 +201,7 @@ def compare_with_mlxtend(warehouse: Path, min_support: float, repeats: int = 3) 
         mlxtend_seconds, rules = best_of(repeats, lambda: mlxtend_rules(frame))
         source = "select customer_id, product_category from customer_category_matrix"
 
-        def ours_from_warehouse() -> pd.DataFrame:
-            item_sets = distinct_item_sets(conn, source, "customer_id", "product_category", MASK_ITEMS)
-            if item_sets is None:  # more categories than a mask holds: the pairs path, as the asset does
-                return association_rules(*codes(read_pairs()), min_support=min_support)
-            return association_rules_from_masks(*item_sets, min_support=min_support)
-
-        ours_e2e, _ = best_of(repeats, ours_from_warehouse)
+        ours_e2e, _ = best_of(repeats, lambda: category_level_rules(conn, source, "customer_id", min_support=min_support))
         mlxtend_e2e, _ = best_of(repeats, lambda: mlxtend_rules(onehot(*codes(read_pairs()))))
 
     rules = rules[(rules["antecedents"].map(len) == 1) & (rules["consequents"].map(len) == 1)]

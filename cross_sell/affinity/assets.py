@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from typing import Literal
 
 import dagster as dg
+import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
@@ -37,6 +38,17 @@ PURCHASE_LINES = (
 )
 
 
+def category_level_rules(conn: duckdb.DuckDBPyConnection, relation: str, transaction: str, *, min_support: float) -> pd.DataFrame:
+    """Category-level rules over the ``transaction`` column of ``relation`` (which has
+    ``product_category``). Up to ``MASK_ITEMS`` categories, each transaction's categories are one
+    bit mask counted in DuckDB; more take the (transaction, category) pairs."""
+    item_sets = distinct_item_sets(conn, relation, transaction, "product_category", MASK_ITEMS)
+    if item_sets is not None:
+        return association_rules_from_masks(*item_sets, min_support=min_support, level="category")
+    tx_codes, item_codes, names = encode_pairs(conn, relation, transaction, "product_category")
+    return association_rules(tx_codes, item_codes, names, min_support=min_support, level="category")
+
+
 @dg.asset(
     deps=["customer_category_matrix", "purchases", "products"],
     group_name=GROUP,
@@ -57,12 +69,7 @@ def product_affinity(
     relation, tx = PURCHASE_LINES, "customer_id" if config.basis == "customer" else "order_id"
     with connect(duckdb) as conn:
         frames = []
-        item_sets = distinct_item_sets(conn, relation, tx, "product_category", MASK_ITEMS)
-        if item_sets is not None:  # few categories: each transaction's categories as one bit mask
-            frames.append(association_rules_from_masks(*item_sets, min_support=config.min_support, level="category"))
-        else:
-            tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_category")
-            frames.append(association_rules(tx_codes, item_codes, names, min_support=config.min_support, level="category"))
+        frames.append(category_level_rules(conn, relation, tx, min_support=config.min_support))
         if config.product_level:
             tx_codes, item_codes, names = encode_pairs(conn, relation, tx, "product_id")
             frames.append(

@@ -32,11 +32,17 @@ RULE_COLUMNS = [
 ]
 
 
+def _countable(codes: np.ndarray) -> bool:
+    """Whether ``codes`` can index a bincount of modest size: non-negative integers below a few
+    times their number (as the warehouse encoding returns)."""
+    return bool(np.issubdtype(codes.dtype, np.integer) and codes.min() >= 0 and codes.max() < 4 * len(codes) + 1024)
+
+
 def dense_codes(codes: np.ndarray) -> np.ndarray:
-    """``codes`` renumbered 0..n-1 in order (n distinct values). Non-negative integer codes of
-    modest range (as the warehouse encoding returns) take one counting pass, no sort."""
+    """``codes`` renumbered 0..n-1 in order (n distinct values). Countable codes take one
+    counting pass, no sort."""
     codes = np.asarray(codes)
-    if np.issubdtype(codes.dtype, np.integer) and codes.min() >= 0 and codes.max() < 4 * len(codes) + 1024:
+    if _countable(codes):
         present = np.bincount(codes) > 0
         return (np.cumsum(present) - 1)[codes]
     return np.unique(codes, return_inverse=True)[1]
@@ -50,9 +56,7 @@ _BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bito
 
 def _small_codes(codes: np.ndarray) -> np.ndarray:
     """``codes`` as they are if they can index a bincount of modest size, else renumbered."""
-    if np.issubdtype(codes.dtype, np.integer) and codes.min() >= 0 and codes.max() < 4 * len(codes) + 1024:
-        return codes
-    return dense_codes(codes)
+    return codes if _countable(codes) else dense_codes(codes)
 
 
 def transaction_masks(transaction_codes: np.ndarray, item_codes: np.ndarray, n_items: int) -> np.ndarray | None:
