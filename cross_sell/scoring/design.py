@@ -136,6 +136,11 @@ def _bins(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _row_count(rows: np.ndarray | slice, n: int) -> int:
+    """How many of ``n`` rows ``rows`` (indices or a slice) selects."""
+    return len(range(n)[rows]) if isinstance(rows, slice) else len(rows)
+
+
 @dataclass
 class FeatureEncoder:
     """Turns profiles and pair features into the model's integer-coded input (see module doc)."""
@@ -213,32 +218,36 @@ class FeatureEncoder:
         return np.asarray([position.get(c, len(self.categories)) for c in profiles.categories], dtype=np.int16)
 
     def customer_codes(self, profiles: Profiles, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """(customers, customer features) int16 codes for the customers ``rows``."""
+        """(customers, customer features) int16 codes for the customers ``rows``, in ``customer_names``
+        order. Built feature by feature (each feature's codes contiguous), returned as its transpose."""
         customer = profiles.customer
         position = {c: i for i, c in enumerate(profiles.categories)}
-        columns = []
+        m = _row_count(rows, profiles.shape[0])
+        by_feature = np.empty((len(self.customer_names), m), dtype=np.int16)
+        j = 0
         for name in CUSTOMER_NUMERIC:
-            columns.append(_bins(customer[name].to_numpy()[rows], self.edges[name]))
+            by_feature[j] = _bins(customer[name].to_numpy()[rows], self.edges[name])
+            j += 1
         for name in CUSTOMER_CATEGORICAL:
             cat = customer[name].array
             known = {v: i for i, v in enumerate(self.vocab[name])}
             lookup = np.asarray([known.get(str(v), len(known)) for v in cat.categories] + [len(known)], dtype=np.int16)
-            columns.append(lookup[cat.codes[rows]])  # code -1 (missing) reads the last entry
+            by_feature[j] = lookup[cat.codes[rows]]  # code -1 (missing) reads the last entry
+            j += 1
         for share, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
-            block = share[rows]
+            by_category = np.ascontiguousarray(share[rows].T)  # one category's shares side by side
             for c in self.categories:
                 edges = self.edges[column(c)]
-                codes = np.full(len(block), _bins(np.zeros(1), edges)[0], dtype=np.int16)
-                j = position.get(c)
-                if j is not None:  # shares are 0 for every category a customer never bought: bin the rest
-                    bought = np.flatnonzero(block[:, j])
-                    codes[bought] = _bins(block[bought, j], edges)
-                columns.append(codes)
-        out = np.column_stack(columns).astype(np.int16, copy=False)
+                by_feature[j] = _bins(np.zeros(1), edges)[0]
+                k = position.get(c)
+                if k is not None:  # shares are 0 for every category a customer never bought: bin the rest
+                    bought = np.flatnonzero(by_category[k])
+                    by_feature[j, bought] = _bins(by_category[k, bought], edges)
+                j += 1
         for j, name in enumerate(self.customer_names):
             if name in self.constant:
-                out[:, j] = 0
-        return out
+                by_feature[j] = 0
+        return by_feature.T
 
     def pair_codes(self, pairs: PairFeatures, name: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """(customers, profile categories) int16 codes of one pair feature for the customers ``rows``."""
@@ -352,15 +361,53 @@ class AdditiveTables:
         pairs.cache["per_owned_set"] = (self, encoder, total)  # one model's sums at a time
         return total
 
-    def raw_scores(
-        self, encoder: FeatureEncoder, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice
-    ) -> np.ndarray:
-        """(customers, profile categories) raw scores for the customers ``rows``, every category."""
-        candidate = encoder.candidate_codes(profiles).astype(np.int64)
-        customer = encoder.customer_codes(profiles, rows)
-        out = np.empty((customer.shape[0], len(candidate)), dtype=np.float64)
-        out[:] = self.base[candidate][None, :]
+    def _customer_contribution(self, candidate: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """(customers, profile categories): what the customer-level features add, for a (customers,
+        customer features) block of their codes.
+
+        Most customer features sit at one code for most customers (a category's spend share is 0
+        for everyone who never bought it). That code's table row is added once for everyone; every
+        other (customer, feature) cell adds its difference to it, all in one sparse product: a
+        customer x (feature, code) indicator matrix times the stacked difference tables. One pass
+        over the output instead of one per feature."""
+        import scipy.sparse  # imported when scoring, not when the definitions load
+
         first_customer = 1 + len(PAIR_NUMERIC)
+        codes = np.ascontiguousarray(codes)  # customer by customer, as the sparse rows are laid out
+        m, n_features = codes.shape
+        tables = [self.tables[first_customer + j][candidate].T for j in range(n_features)]  # (codes, categories)
+        widths = np.asarray([table.shape[0] for table in tables], dtype=np.int64)
+        offsets = np.cumsum(widths) - widths
+        cells = codes.astype(np.int32) + offsets[None, :].astype(np.int32)  # (customer, feature) -> stacked row
+        counts = np.bincount(cells.ravel(), minlength=int(widths.sum()))
+        common = np.asarray(  # each feature's most common code (the lowest among equals)
+            [int(counts[o:o + w].argmax()) for o, w in zip(offsets, widths)], dtype=np.int64
+        )
+        common_rows = np.zeros(len(candidate), dtype=np.float64)
+        for table, code in zip(tables, common):
+            common_rows += table[code]
+        stacked = np.vstack([table - table[code] for table, code in zip(tables, common)])
+        other = codes != common[None, :]
+        columns = cells[other]  # row-major: customer by customer
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(other.sum(axis=1), out=indptr[1:])
+        indicator = scipy.sparse.csr_matrix(
+            (np.ones(len(columns)), columns, indptr), shape=(m, stacked.shape[0])
+        )
+        out = np.asarray(indicator @ stacked)
+        out += common_rows[None, :]
+        return out
+
+    def raw_scores(
+        self, encoder: FeatureEncoder, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice,
+        customer_codes: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(customers, profile categories) raw scores for the customers ``rows``, every category.
+        ``customer_codes``: their ``encoder.customer_codes`` when the caller has them already (a
+        scoring run codes every customer once, not chunk by chunk)."""
+        candidate = encoder.candidate_codes(profiles).astype(np.int64)
+        out = np.empty((_row_count(rows, profiles.shape[0]), len(candidate)), dtype=np.float64)
+        out[:] = self.base[candidate][None, :]
         per_set = self._per_owned_set(encoder, profiles, pairs)
         if per_set is not None:  # the features that only depend on the owned categories, summed per set
             out += per_set[pairs.profile_of[rows]]
@@ -368,19 +415,7 @@ class AdditiveTables:
             if per_set is not None and name in pairs.by_profile:
                 continue
             out += self._pair_contribution(offset, candidate, encoder.pair_codes(pairs, name, rows))
-        # Most customer features sit at one code for most customers (a category's spend share is 0
-        # for everyone who never bought it): that code's row is added once to every customer, and
-        # only the customers at another code add their difference.
-        common_rows = np.zeros(len(candidate), dtype=np.float64)
-        for offset in range(customer.shape[1]):
-            table = np.ascontiguousarray(self.tables[first_customer + offset][candidate].T)  # (codes, categories)
-            codes = customer[:, offset]
-            common = int(np.bincount(codes).argmax()) if len(codes) else 0
-            others = np.flatnonzero(codes != common)
-            if len(others) > len(codes) // 2:
-                out += table[codes]
-            else:
-                common_rows += table[common]
-                out[others] += table[codes[others]] - table[common]
-        out += common_rows[None, :]
+        if customer_codes is None:
+            customer_codes = encoder.customer_codes(profiles, rows)
+        out += self._customer_contribution(candidate, customer_codes)
         return out

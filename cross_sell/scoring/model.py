@@ -329,13 +329,17 @@ def predict(
     return np.clip(out, 0.0, 1.0)
 
 
-def predict_customers(model: TrainedModel, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice) -> np.ndarray:
+def predict_customers(
+    model: TrainedModel, profiles: Profiles, pairs: PairFeatures, rows: np.ndarray | slice,
+    customer_codes: np.ndarray | None = None,
+) -> np.ndarray:
     """(customers, profile categories) calibrated probabilities for the customers ``rows`` and every
     category (owned ones included; callers drop them). By table lookups when the model has
-    tables, else with predict_proba."""
+    tables (``customer_codes``: the rows' customer feature codes, if the caller has them), else
+    with predict_proba."""
     parts = _single_calibration(model.estimator) if model.tables is not None else None
     if parts is not None:
-        return _calibrate(parts[1], model.tables.raw_scores(model.encoder, profiles, pairs, rows))
+        return _calibrate(parts[1], model.tables.raw_scores(model.encoder, profiles, pairs, rows, customer_codes))
     customers = np.arange(profiles.shape[0])[rows]
     k = profiles.shape[1]
     ci = np.repeat(customers, k).astype(np.int32)
@@ -683,9 +687,11 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
     ki = np.empty(total, dtype=np.int8 if k < 128 else np.int16)
     values = np.empty(total, dtype=np.float64)
     position = 0
+    # Customer features are coded once for everyone (a few large binning passes, not one per chunk).
+    codes = model.encoder.customer_codes(profiles) if model.tables is not None else None
     for start in range(0, n, chunk_customers):
         stop = min(start + chunk_customers, n)
-        block = predict_customers(model, profiles, pairs, slice(start, stop))
+        block = predict_customers(model, profiles, pairs, slice(start, stop), None if codes is None else codes[start:stop])
         mask = lacking[start:stop]
         count = int(per_customer[start:stop].sum())
         values[position:position + count] = block[mask]
