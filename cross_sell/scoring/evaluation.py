@@ -76,25 +76,49 @@ def ranking_metrics(score: np.ndarray, label: np.ndarray, k: int) -> tuple[float
     return float(recall.mean()), float(precision.mean()), int(buyers.sum())
 
 
-def calibration_error(probability: np.ndarray, label: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-count bins of the score."""
+def _bin_order(probability: np.ndarray, bins: int, order: np.ndarray | None) -> np.ndarray:
+    """An argsort of ``probability`` that puts the same rows into each of ``bins`` equal-count bins
+    as a stable sort would, from any argsort (``order``) or a fresh quick sort. Only a run of equal
+    scores that straddles a bin boundary needs the stable order (by row index), so only those runs
+    are sorted again: a stable sort of millions of floats costs four quick sorts."""
+    order = np.argsort(probability) if order is None else order.copy()
+    ranked = probability[order]
+    if np.isnan(ranked).any():  # NaN runs are not found by comparison: sort stably
+        return np.argsort(probability, kind="stable")
+    sizes = np.array([len(part) for part in np.array_split(np.empty(len(order)), bins)])
+    for boundary in np.cumsum(sizes)[:-1]:
+        if 0 < boundary < len(ranked) and ranked[boundary - 1] == ranked[boundary]:
+            start = np.searchsorted(ranked, ranked[boundary], side="left")
+            stop = np.searchsorted(ranked, ranked[boundary], side="right")
+            order[start:stop] = np.sort(order[start:stop])
+    return order
+
+
+def calibration_error(probability: np.ndarray, label: np.ndarray, bins: int = 10, order: np.ndarray | None = None) -> float:
+    """Expected calibration error over equal-count bins of the score, rows ordered by score and,
+    among equal scores, by position (``order``: any argsort of ``probability`` the caller has)."""
     if len(probability) == 0:
         return float("nan")
-    order = np.argsort(probability, kind="stable")
-    groups = np.array_split(order, min(bins, len(order)))
+    bins = min(bins, len(probability))
+    groups = np.array_split(_bin_order(probability, bins, order), bins)
     gaps = [abs(probability[g].mean() - label[g].mean()) * len(g) for g in groups if len(g)]
     return float(np.sum(gaps) / len(probability))
 
 
-def grouped_auc(label: np.ndarray, score: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+def grouped_auc(
+    label: np.ndarray, score: np.ndarray, group: np.ndarray, n_groups: int, order: np.ndarray | None = None
+) -> np.ndarray:
     """ROC AUC of ``score`` for ``label`` within each group 0..n_groups-1 (NaN where a group lacks
     positives or negatives), all groups in one sort: the Mann-Whitney statistic from the positives'
-    ranks, tied scores sharing their average rank (as ``sklearn.metrics.roc_auc_score`` counts ties)."""
+    ranks, tied scores sharing their average rank (as ``sklearn.metrics.roc_auc_score`` counts ties).
+    ``order``: an argsort of ``score`` when the caller has one (ties in any order)."""
     label = np.asarray(label, dtype=bool)
     score = np.asarray(score, dtype=np.float64)
     group = np.asarray(group, dtype=np.int16 if n_groups < 2**15 else np.int64)
-    order = np.argsort(score)  # ties need no order: a run of equal scores shares one rank
-    order = order[np.argsort(group[order], kind="stable")]  # small integers: a radix sort
+    if order is None:
+        order = np.argsort(score)  # ties need no order: a run of equal scores shares one rank
+    if n_groups > 1:
+        order = order[np.argsort(group[order], kind="stable")]  # small integers: a radix sort
     g, s, y = group[order], score[order], label[order]
     n = len(s)
     if n == 0:
@@ -113,8 +137,8 @@ def grouped_auc(label: np.ndarray, score: np.ndarray, group: np.ndarray, n_group
     return np.where((positives > 0) & (negatives > 0), auc, np.nan)
 
 
-def _auc(label: np.ndarray, score: np.ndarray) -> float:
-    return float(grouped_auc(label, score, np.zeros(len(label), dtype=np.int64), 1)[0])
+def _auc(label: np.ndarray, score: np.ndarray, order: np.ndarray | None = None) -> float:
+    return float(grouped_auc(label, score, np.zeros(len(label), dtype=np.int64), 1, order)[0])
 
 
 def evaluate(
@@ -136,20 +160,24 @@ def evaluate(
         matrix = np.full((n, kk), np.nan)
         matrix[row_customer, ki] = row_score
         recall, precision, buyers = ranking_metrics(matrix, label_matrix, k)
-        aucs = grouped_auc(label, row_score, ki, kk)
+        # One sort of the scores serves both AUCs and, for scores already within 0..1 (the usual
+        # case), the calibration bins too.
+        order = np.argsort(row_score)
+        aucs = grouped_auc(label, row_score, ki, kk, order)
         per_category[f"auc_{name}"] = aucs
         clipped = np.clip(row_score, 0.0, 1.0)
+        within = not ((row_score < 0.0) | (row_score > 1.0)).any()
         summary.append(
             {
                 "scorer": name,
-                "roc_auc": _auc(label, row_score),
+                "roc_auc": _auc(label, row_score, order),
                 "macro_category_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
                 "recall_at_k": recall,
                 "precision_at_k": precision,
                 # Brier score: the mean squared gap between probability and outcome (as sklearn's
                 # brier_score_loss, without its label checks over millions of rows)
                 "brier": float(np.mean(np.square(clipped - label))) if len(label) else float("nan"),
-                "calibration_error": calibration_error(clipped, label.astype(np.float64)),
+                "calibration_error": calibration_error(clipped, label.astype(np.float64), order=order if within else None),
             }
         )
     rows = np.bincount(ki, minlength=kk)
