@@ -116,6 +116,12 @@ def _with(exclude: bool) -> str:
     return "with " + _CODES.format(exclude=anti)
 
 
+def _levels(column: str) -> str:
+    """The distinct non-null values of a customer text column, numbered from 0 in SQL order."""
+    return f"""(select {column} as value, (row_number() over (order by {column}) - 1)::integer as code
+               from (select distinct {column} from customers where {column} is not null))"""
+
+
 def purchase_span(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     """Oldest and newest purchase (None, None without purchases)."""
     [(first, last)] = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchall()
@@ -137,35 +143,35 @@ def load_profiles(
         conn.register(HIDDEN_VIEW, pd.DataFrame({"ci": hidden[0].astype(np.int32), "ki": hidden[1].astype(np.int32)}))
     try:
         params = {"as_of": as_of.to_pydatetime()}
-        # One pass over the purchase lines (joined to their customer and category codes) down to
-        # one row per customer, category and order; both aggregations below read that instead of
-        # the lines, and neither needs a distinct count.
+        # One pass over the purchase lines up to as_of (joined to their customer and category
+        # codes) down to one row per customer, category and order; both aggregations below read
+        # that instead of the lines, and neither needs a distinct count. Lines after as_of only
+        # matter as "bought later", a plain distinct (customer, category) below.
         conn.execute(
             f"create or replace temp table {ORDER_LINES} as "
             + _with(hidden is not None)
             + """
-            select ci, ki, order_id,
-                   bool_or(purchase_date <= $as_of) as before,
-                   min(purchase_date) filter (where purchase_date <= $as_of) as first_at,
-                   sum(amount) filter (where purchase_date <= $as_of) as amount_before,
-                   bool_or(purchase_date > $as_of) as after
-            from lines group by ci, ki, order_id""",
+            select ci, ki, order_id, min(purchase_date) as first_at, sum(amount) as amount
+            from lines where purchase_date <= $as_of group by ci, ki, order_id""",
             params,
         )
         pairs = conn.execute(
             f"""
-            select ci, ki,
-                   count(*) filter (where before)::integer as orders,
-                   coalesce(sum(amount_before), 0)::double as spend,
-                   bool_or(after) as after
+            select ci, ki, count(*)::integer as orders, coalesce(sum(amount), 0)::double as spend
             from {ORDER_LINES} group by ci, ki""",
         ).fetchnumpy()
+        later = conn.execute(
+            _with(hidden is not None) + " select distinct ci, ki from lines where purchase_date > $as_of", params
+        ).fetchnumpy()
+        # The text columns come back as codes into their distinct values (fetched below) rather
+        # than as one Python string per customer that pandas then has to hash into categories.
         customer = conn.execute(
             "with "
             + _CUSTOMERS
+            + "".join(f", {c}_levels as {_levels(c)}" for c in CUSTOMER_CATEGORICAL)
             + f""",
-            orders as (select ci, order_id, min(first_at) as ordered_at, sum(amount_before) as order_amount
-                       from {ORDER_LINES} where before group by ci, order_id),
+            orders as (select ci, order_id, min(first_at) as ordered_at, sum(amount) as order_amount
+                       from {ORDER_LINES} group by ci, order_id),
             per as (select ci, count(*) as orders, sum(order_amount) as total_spend,
                            min(ordered_at) as first_order, max(ordered_at) as last_order
                     from orders group by ci)
@@ -182,53 +188,65 @@ def load_profiles(
                    (per.orders > 0 or cust.signup_date <= $as_of) is true as active,
                    (year($as_of) - cust.birth_year)::double as age,
                    cust.income::double as income,
-                   cust.education, cust.marital_status, cust.country
+                   """
+            + ", ".join(f"coalesce({c}_levels.code, -1) as {c}" for c in CUSTOMER_CATEGORICAL)
+            + """
             from cust left join per using (ci)
-            order by cust.ci""",
+            """
+            + " ".join(f"left join {c}_levels on {c}_levels.value = cust.{c}" for c in CUSTOMER_CATEGORICAL)
+            + " order by cust.ci",
             params,
-        ).df()
+        ).fetchnumpy()
+        levels = {
+            c: [r[0] for r in conn.execute(f"select value from {_levels(c)} order by code").fetchall()]
+            for c in CUSTOMER_CATEGORICAL
+        }
     finally:
         conn.execute(f"drop table if exists {ORDER_LINES}")
         if hidden is not None:
             conn.unregister(HIDDEN_VIEW)
 
-    n, k = len(customer), len(categories)
-    ci, ki = np.asarray(pairs["ci"], dtype=np.int64), np.asarray(pairs["ki"], dtype=np.int64)
+    ids = customer["customer_id"]
+    n, k = len(ids), len(categories)
+    ci = np.asarray(pairs["ci"], dtype=np.int64)
+    # Flat (customer, category) positions: scattering through one index is several times faster
+    # than through two.
+    cell = ci * k + np.asarray(pairs["ki"], dtype=np.int64)
     orders = np.asarray(pairs["orders"], dtype=np.float64)
     spend = np.asarray(pairs["spend"], dtype=np.float64)
-    after = np.asarray(pairs["after"], dtype=bool)
+    total_orders = _numbers(customer["orders"])
+    total_spend = _numbers(customer["total_spend"])
 
-    owned = np.zeros((n, k), dtype=bool)
-    owned[ci, ki] = orders > 0
-    bought_after = np.zeros((n, k), dtype=bool)
-    bought_after[ci, ki] = after
-    spend_by_cat = np.zeros((n, k), dtype=np.float64)
-    spend_by_cat[ci, ki] = spend
-    orders_by_cat = np.zeros((n, k), dtype=np.float64)
-    orders_by_cat[ci, ki] = orders
-    total_spend = spend_by_cat.sum(axis=1, keepdims=True)
-    total_orders = customer["orders"].to_numpy()[:, None]
+    owned = np.zeros(n * k, dtype=bool)
+    owned[cell] = True  # every row is a category bought in at least one order up to as_of
+    bought_after = np.zeros(n * k, dtype=bool)
+    bought_after[np.asarray(later["ci"], dtype=np.int64) * k + np.asarray(later["ki"], dtype=np.int64)] = True
+    # The shares are divided per pair and scattered; the spend they divide by is still summed over
+    # the customer's dense row, the same float64 additions in the same order as the shares always had.
+    spend_by_cat = np.zeros(n * k, dtype=np.float64)
+    spend_by_cat[cell] = spend
+    row_spend = spend_by_cat.reshape(n, k).sum(axis=1)[ci]
+    del spend_by_cat
+    pair_orders = total_orders[ci]
+    spend_share = np.zeros(n * k, dtype=np.float32)
+    order_share = np.zeros(n * k, dtype=np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
-        spend_share = np.where(total_spend > 0, spend_by_cat / total_spend, 0.0).astype(np.float32)
-        order_share = np.where(total_orders > 0, orders_by_cat / total_orders, 0.0).astype(np.float32)
-    del spend_by_cat, orders_by_cat
+        spend_share[cell] = np.where(row_spend > 0, spend / row_spend, 0.0)
+        order_share[cell] = np.where(pair_orders > 0, orders / pair_orders, 0.0)
 
     frame = pd.DataFrame(
         {
-            "log_orders": np.log1p(customer["orders"].to_numpy()),
-            "purchase_frequency": customer["purchase_frequency"].to_numpy(),
-            "log_total_spend": np.log1p(customer["total_spend"].to_numpy()),
+            "log_orders": np.log1p(total_orders),
+            "purchase_frequency": _numbers(customer["purchase_frequency"]),
+            "log_total_spend": np.log1p(total_spend),
             "log_avg_order_value": np.log1p(
-                np.divide(
-                    customer["total_spend"].to_numpy(), customer["orders"].to_numpy(),
-                    out=np.zeros(n), where=customer["orders"].to_numpy() > 0,
-                )
+                np.divide(total_spend, total_orders, out=np.zeros(n), where=total_orders > 0)
             ),
-            "recency_days": customer["recency_days"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "tenure_days": customer["tenure_days"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "categories_owned": owned.sum(axis=1).astype(np.float64),
-            "age": customer["age"].to_numpy(dtype=np.float64, na_value=np.nan),
-            "log_income": np.log1p(customer["income"].to_numpy(dtype=np.float64, na_value=np.nan)),
+            "recency_days": _numbers(customer["recency_days"]),
+            "tenure_days": _numbers(customer["tenure_days"]),
+            "categories_owned": np.bincount(ci, minlength=n).astype(np.float64),
+            "age": _numbers(customer["age"]),
+            "log_income": np.log1p(_numbers(customer["income"])),
         }
     )
     frame = frame.astype(np.float32)  # model inputs are float32: half the memory traffic when scoring
@@ -237,18 +255,36 @@ def load_profiles(
     # their binning.
     frame.loc[:, frame.columns[frame.isna().all().to_numpy()]] = 0.0
     for column in CUSTOMER_CATEGORICAL:
-        frame[column] = customer[column].astype("category")
+        frame[column] = _categorical(np.asarray(customer[column], dtype=np.int64), levels[column])
     return Profiles(
-        customer_ids=customer["customer_id"].to_numpy(dtype=object),
+        customer_ids=np.asarray(ids, dtype=object),
         categories=categories,
         as_of=as_of,
-        owned=owned,
-        spend_share=spend_share,
-        order_share=order_share,
+        owned=owned.reshape(n, k),
+        spend_share=spend_share.reshape(n, k),
+        order_share=order_share.reshape(n, k),
         customer=frame,
-        active=customer["active"].to_numpy(dtype=bool),
-        bought_after=bought_after,
+        active=np.asarray(customer["active"], dtype=bool),
+        bought_after=bought_after.reshape(n, k),
     )
+
+
+def _numbers(column: np.ndarray) -> np.ndarray:
+    """A fetched numeric column as float64, NULL as NaN."""
+    if isinstance(column, np.ma.MaskedArray):
+        return column.astype(np.float64).filled(np.nan)
+    return np.asarray(column, dtype=np.float64)
+
+
+def _categorical(codes: np.ndarray, values: list) -> pd.Categorical:
+    """``codes`` into ``values`` (numbered in SQL order, -1 for NULL) as the categorical
+    ``astype("category")`` makes of the values themselves: categories in Python sort order."""
+    values = np.array(values, dtype=object)
+    order = np.argsort(values, kind="stable")
+    renumber = np.empty(len(values) + 1, dtype=np.int64)
+    renumber[order] = np.arange(len(values))
+    renumber[-1] = -1  # NULL stays missing
+    return pd.Categorical.from_codes(renumber[codes], categories=pd.Index(values[order], dtype=object))
 
 
 def rule_statistics(owned: np.ndarray) -> RuleStatistics:
