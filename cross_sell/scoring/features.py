@@ -160,9 +160,14 @@ def load_profiles(
             select ci, ki, count(*)::integer as orders, coalesce(sum(amount), 0)::double as spend
             from {ORDER_LINES} group by ci, ki""",
         ).fetchnumpy()
-        later = conn.execute(
-            _with(hidden is not None) + " select distinct ci, ki from lines where purchase_date > $as_of", params
-        ).fetchnumpy()
+        # At the newest purchase (the scoring run) nothing was bought later: no need to code the
+        # customers once more only to find that out.
+        later = {"ci": np.zeros(0, dtype=np.int32), "ki": np.zeros(0, dtype=np.int32)}
+        [(any_later,)] = conn.execute("select exists (select 1 from purchases where purchase_date > $as_of)", params).fetchall()
+        if any_later:
+            later = conn.execute(
+                _with(hidden is not None) + " select distinct ci, ki from lines where purchase_date > $as_of", params
+            ).fetchnumpy()
         # The text columns come back as codes into their distinct values (fetched below) rather
         # than as one Python string per customer that pandas then has to hash into categories.
         customer = conn.execute(
