@@ -599,3 +599,38 @@ def test_pii_scan_does_not_trust_the_spec(tiny: Served, tmp_path: Path) -> None:
     found = {(leak.column, leak.kind) for leak in leaks if leak.relation == "main.customer"}
     assert {("email", "email"), ("email", "e-mail address"), ("email", "personal column")} <= found
     assert {("birth_year", "birth_year"), ("birth_year", "personal column")} <= found
+
+
+def test_number_guard_never_skips_a_number() -> None:
+    """The scan casts text to a number only where it may be one: over every character as a first
+    character, after any whitespace, before the tails numbers are written with, the guarded cast
+    gives what the plain cast gives, and it does skip texts that start with other letters."""
+    with duckdb.connect() as conn:
+        conn.execute(
+            """create table texts as
+               with firsts as (select chr(i::integer) as ch from range(1, 12288) t(i) where i not between 55296 and 57343),
+                    leads as (select unnest(['', ' ', '  ', chr(9), chr(10), chr(11), chr(12), chr(13), ' +', ' -']) as lead),
+                    tails as (select unnest(['', '1', '1.5', '.5', '5e3', 'nf', 'NF', 'nfinity', 'an', 'AN', '1 ', 'x1']) as tail)
+               select lead || ch || tail as value from firsts, leads, tails"""
+        )
+        differ, numbers, skipped = conn.execute(
+            f"""select count(*) filter (where {roles._as_number('value')} is distinct from try_cast(value as double)),
+                       count(try_cast(value as double)),
+                       count(*) filter (where not regexp_matches(value, '{roles._MAYBE_NUMBER}'))
+                from texts"""
+        ).fetchone()
+    assert differ == 0
+    assert numbers > 1000 and skipped > 1000
+
+
+def test_pii_scan_reads_numbers_written_as_text(tiny: Served, tmp_path: Path) -> None:
+    """Birth years written as text the way a number can be ('+1980', ' 1975', ' +1990.0') next to
+    their customers are found, though no text equals the customer's own."""
+    copy = _copy(tiny, tmp_path)
+    planted = tmp_path / "texts.duckdb"
+    shutil.copy(copy.marketing, planted)
+    with duckdb.connect(str(planted)) as conn:
+        conn.execute("create schema notes")
+        conn.execute("create table notes.years as select * from (values ('C1', '+1980'), ('C2', ' 1975'), ('C3', ' +1990.0')) t(customer_id, y)")
+    found = {(leak.relation, leak.column, leak.kind, leak.matches) for leak in _scan(copy, planted)}
+    assert ("notes.years", "y", "birth_year", 3) in found

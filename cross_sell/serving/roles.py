@@ -496,6 +496,18 @@ def _text(column: str, table: str = "r") -> str:
     return f"cast({table}.{_ident(column)} as varchar)"
 
 
+# What may start a text that DuckDB reads as a number: after leading whitespace, anything but a
+# letter that cannot begin "inf" or "nan" (the digits, sign, dot, i and n, and more than those).
+_MAYBE_NUMBER = r"^[\t\n\x0b\f\r ]*[^A-HJ-MO-Za-hj-mo-z\t\n\x0b\f\r ]"
+
+
+def _as_number(text: str) -> str:
+    """``try_cast(text as double)``, skipping the cast where the text cannot be a number: a failed
+    cast costs several times a successful one, and most values scanned (identifiers, hashes,
+    names) fail it."""
+    return f"case when regexp_matches({text}, '{_MAYBE_NUMBER}') then try_cast({text} as double) end"
+
+
 def _attribute_sets(conn: duckdb.DuckDBPyConnection, attributes: dict[str, bool]) -> dict[str, Range]:
     """``_pii_attribute_texts`` (every customer's attribute values as text, distinct) and
     ``_pii_attribute_numbers`` (the numeric attributes' values as numbers, distinct), from
@@ -532,7 +544,7 @@ def _linked_leaks(
             where v.rel in ({rels})
             union
             select distinct v.rel, v.col, a.attribute
-            from (select rel, col, try_cast(value as double) as number from _pii_values where rel in ({rels})) v
+            from (select rel, col, {_as_number('value')} as number from _pii_values where rel in ({rels})) v
             join _pii_attribute_numbers a on a.number = v.number"""
     ).fetchall())
     # Number columns: compared value by value only where the ranges meet.
