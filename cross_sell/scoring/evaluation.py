@@ -85,8 +85,8 @@ def _bin_order(probability: np.ndarray, bins: int, order: np.ndarray | None) -> 
     ranked = probability[order]
     if np.isnan(ranked).any():  # NaN runs are not found by comparison: sort stably
         return np.argsort(probability, kind="stable")
-    sizes = np.array([len(part) for part in np.array_split(np.empty(len(order)), bins)])
-    for boundary in np.cumsum(sizes)[:-1]:
+    size, larger = divmod(len(order), bins)  # np.array_split's bins: the first ``larger`` hold one more
+    for boundary in np.cumsum([size + 1] * larger + [size] * (bins - larger))[:-1]:
         if 0 < boundary < len(ranked) and ranked[boundary - 1] == ranked[boundary]:
             start = np.searchsorted(ranked, ranked[boundary], side="left")
             stop = np.searchsorted(ranked, ranked[boundary], side="right")
@@ -160,13 +160,12 @@ def evaluate(
         matrix = np.full((n, kk), np.nan)
         matrix[row_customer, ki] = row_score
         recall, precision, buyers = ranking_metrics(matrix, label_matrix, k)
-        # One sort of the scores serves both AUCs and, for scores already within 0..1 (the usual
-        # case), the calibration bins too.
+        # One sort of the scores serves both AUCs and the calibration bins (clipping to 0..1 keeps
+        # the order).
         order = np.argsort(row_score)
         aucs = grouped_auc(label, row_score, ki, kk, order)
         per_category[f"auc_{name}"] = aucs
         clipped = np.clip(row_score, 0.0, 1.0)
-        within = not ((row_score < 0.0) | (row_score > 1.0)).any()
         summary.append(
             {
                 "scorer": name,
@@ -177,7 +176,7 @@ def evaluate(
                 # Brier score: the mean squared gap between probability and outcome (as sklearn's
                 # brier_score_loss, without its label checks over millions of rows)
                 "brier": float(np.mean(np.square(clipped - label))) if len(label) else float("nan"),
-                "calibration_error": calibration_error(clipped, label.astype(np.float64), order=order if within else None),
+                "calibration_error": calibration_error(clipped, label.astype(np.float64), order=order),
             }
         )
     rows = np.bincount(ki, minlength=kk)
