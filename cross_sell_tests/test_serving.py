@@ -196,6 +196,33 @@ def test_view_check_fails_on_orphans_and_duplicates(tiny: Served, tmp_path: Path
     assert result.is_node_untouched("marketing_database")  # blocked downstream
 
 
+def test_view_check_counts_duplicate_and_null_keys_exactly(tiny: Served, tmp_path: Path) -> None:
+    """Uniqueness is first counted on a hash of the grain; the reported numbers stay the exact ones
+    (customer C1 three times, C2 twice, and a row without a customer; the two-column grain of the
+    opportunities repeated once)."""
+    copy = _copy(tiny, tmp_path)
+    with duckdb.connect(str(copy.warehouse)) as conn:
+        conn.execute("insert into main.customer_metrics select * from main.customer_metrics where customer_id in ('C1', 'C2')")
+        conn.execute("insert into main.customer_metrics select * from main.customer_metrics where customer_id = 'C1' limit 1")
+        conn.execute("insert into main.customer_metrics select * replace (null as customer_id) from main.customer_metrics limit 1")
+        conn.execute("insert into main.cross_sell_scores select * from main.cross_sell_scores limit 1")
+        reports = verify_views(conn)
+        exact = conn.execute("select count(*) - count(distinct customer_id) from semantic.total_spend").fetchone()[0]
+    assert exact == 4  # 2 + 1 repeats, and the null key, which a distinct count leaves out
+    assert f"grain (\"customer_id\") is not unique: {exact} duplicate rows" in reports["total_spend"].problems
+    assert "1 rows have a null key" in reports["total_spend"].problems
+    opportunities = reports["cross_sell_opportunities"].problems
+    assert 'grain ("customer_id", "product_category") is not unique: 1 duplicate rows' in opportunities
+
+    # A null key alone: every hash distinct, yet the exact count (which leaves the null out) decides.
+    only_null = _copy(tiny, tmp_path / "only_null")
+    with duckdb.connect(str(only_null.warehouse)) as conn:
+        conn.execute("insert into main.customer_metrics select * replace (null as customer_id) from main.customer_metrics limit 1")
+        problems = verify_views(conn)["total_spend"].problems
+    assert 'grain ("customer_id") is not unique: 1 duplicate rows' in problems
+    assert "1 rows have a null key" in problems
+
+
 def test_reference_page_is_rendered_from_the_spec(tiny: Served) -> None:
     page = render_reference()
     for view in MODEL.views:
