@@ -27,6 +27,9 @@ create table if not exists {AUDIT_SCHEMA}.gate_log (
 alter table {AUDIT_SCHEMA}.gate_log add column if not exists basis varchar;
 alter table {AUDIT_SCHEMA}.load_log add column if not exists input_format varchar default 'canonical';
 alter table {AUDIT_SCHEMA}.load_log add column if not exists mode varchar default 'full';
+create table if not exists {AUDIT_SCHEMA}.publish_log (publish_id varchar, published_at timestamp, run_id varchar);
+create table if not exists {AUDIT_SCHEMA}.derived_log (
+    table_name varchar, publish_id varchar, built_at timestamp, run_id varchar);
 """
 
 
@@ -132,3 +135,43 @@ def gates_not_passed(conn: duckdb.DuckDBPyConnection, dataset: str, required: li
         if not passed or (others and seen != basis(conn, others)):
             not_passed.append(gate)
     return not_passed
+
+
+def _exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the bookkeeping table exists (read-only connections cannot create it)."""
+    return bool(conn.execute(
+        "select count(*) from duckdb_tables() where schema_name = ? and table_name = ? and database_name = current_database()",
+        [AUDIT_SCHEMA, table],
+    ).fetchone()[0])
+
+
+def record_publish(conn: duckdb.DuckDBPyConnection, run_id: str) -> str:
+    """Register a publish of the inputs (full or delta, in the publishing transaction); returns its id."""
+    ensure_tables(conn)
+    publish_id = uuid.uuid4().hex
+    conn.execute(f"insert into {AUDIT_SCHEMA}.publish_log values (?, ?, ?)", [publish_id, _now(), run_id])
+    return publish_id
+
+
+def current_publish(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The id of the latest publish of the inputs (None if none was recorded). Reads only."""
+    if not _exists(conn, "publish_log"):
+        return None
+    return conn.execute(f"select arg_max(publish_id, published_at) from {AUDIT_SCHEMA}.publish_log").fetchone()[0]
+
+
+def record_derived(conn: duckdb.DuckDBPyConnection, table: str, publish_id: str | None, run_id: str) -> None:
+    """Record that ``table`` was (re)built from the inputs of publish ``publish_id``. Call it after
+    the table is published: a failure in between leaves an older record, which only makes readers
+    distrust a table that is in fact current, never the other way round."""
+    ensure_tables(conn)
+    conn.execute(f"insert into {AUDIT_SCHEMA}.derived_log values (?, ?, ?, ?)", [table, publish_id, _now(), run_id])
+
+
+def derived_from(conn: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """The publish the current ``table`` was built from (None if unknown). Reads only."""
+    if not _exists(conn, "derived_log"):
+        return None
+    return conn.execute(
+        f"select arg_max(publish_id, built_at) from {AUDIT_SCHEMA}.derived_log where table_name = ?", [table]
+    ).fetchone()[0]

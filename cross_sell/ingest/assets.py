@@ -386,13 +386,14 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
                 counts[PURCHASES.table] = row_count(conn, PURCHASES.table)
                 extra[PURCHASES.table] = {"load_mode": audit_log.DELTA, "replaced_rows": replaced,
                                           "delta_rows": row_count(conn, PURCHASES.table, AUDIT_SCHEMA)}
+            publish_id = audit_log.record_publish(conn, context.run.run_id)
         span = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchone()
         loads = {ds.table: audit_log.current_load(conn, ds.table) for ds in DATASETS}
     for ds in DATASETS:
         if ds.table not in selected:
             continue
         metadata = {"dagster/row_count": counts[ds.table], "dagster/uri": uri(duckdb, ds.table),
-                    "load_id": loads[ds.table], **extra[ds.table]}
+                    "load_id": loads[ds.table], "publish_id": publish_id, **extra[ds.table]}
         if ds is PURCHASES:
             metadata["input_format"] = input_format
             metadata["first_purchase"] = str(span[0])

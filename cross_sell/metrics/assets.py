@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from cross_sell import contracts
+from cross_sell import audit_log, contracts
 from cross_sell.ingest.formats import published_capabilities
 from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql, per_customer_sql, unavailable_metrics
 from cross_sell.quality import gated_publish, output_contract_spec
@@ -38,6 +38,7 @@ def customer_metrics(
     order value), how recently and how long they have been buying, and their predicted lifetime
     value: the key customer metrics of the data product, one row per customer."""
     with connect(duckdb) as conn:
+        basis = audit_log.current_publish(conn)
         input_format, caps = published_capabilities(conn)
         unavailable = unavailable_metrics(caps)
         # One pass over the purchase lines, kept for the metrics and the count of buying customers.
@@ -63,6 +64,7 @@ def customer_metrics(
         for metric, reason in unavailable.items():
             context.log.info(f"customer_metrics.{metric} is unavailable (null): {reason}")
         yield from gated_publish(conn, "customer_metrics", contracts.CustomerMetrics, df, metadata)
+        audit_log.record_derived(conn, "customer_metrics", basis, context.run.run_id)  # reached only when published
 
 
 @dg.asset(
@@ -77,8 +79,10 @@ def customer_category_matrix(context: dg.AssetExecutionContext, duckdb: DuckDBRe
     """Which categories each customer has bought, with orders, units and spend per category:
     the customer profile that affinity rules and cross-sell scores are computed from."""
     with connect(duckdb) as conn:
+        basis = audit_log.current_publish(conn)
         _, caps = published_capabilities(conn)
         conn.execute(f"create or replace table customer_category_matrix as {customer_category_sql(caps)}")
+        audit_log.record_derived(conn, "customer_category_matrix", basis, context.run.run_id)
         rows, customers, categories = conn.execute(
             "select count(*), count(distinct customer_id), count(distinct product_category) from customer_category_matrix"
         ).fetchone()
