@@ -247,6 +247,17 @@ def test_same_input_same_model_and_scores_and_scoring_never_retrains(sample: Bui
     rescored = build(SAMPLE, second.warehouse, dg.AssetSelection.assets("cross_sell_scores"))
     assert rescored.result.success and rescored.metadata("cross_sell_scores")["model_version"] == version
     assert artifact.stat().st_mtime_ns == stamp
+    # The profiles came from the current metrics tables, not from the lines again ...
+    assert second.metadata("cross_sell_scores")["profiles_from"] == "customer_metrics and customer_category_matrix"
+    assert rescored.metadata("cross_sell_scores")["profiles_from"] == "customer_metrics and customer_category_matrix"
+    # ... and once the inputs are published again without rebuilding those, from the lines: the same scores.
+    republished = build(SAMPLE, second.warehouse, dg.AssetSelection.assets("customers", "products", "purchases").upstream())
+    assert republished.result.success
+    stale = build(SAMPLE, second.warehouse, dg.AssetSelection.assets("cross_sell_scores"))
+    assert stale.metadata("cross_sell_scores")["profiles_from"] == (
+        "purchases (customer_metrics and customer_category_matrix were not rebuilt since the inputs were last published)"
+    )
+    pd.testing.assert_frame_equal(read_table(second.warehouse, "cross_sell_scores", "customer_id, product_category"), first_scores)
     assert read_table(second.warehouse, "model_registry").trained_at.tolist() == trained_at
     # Materializing the model again on the same data reuses the same version.
     again = build(SAMPLE, second.warehouse, dg.AssetSelection.assets("cross_sell_model"))

@@ -1,10 +1,14 @@
 """load_profiles is exactly the straightforward computation it replaced: every array, dtype,
 customer column and categorical category the same, on a real warehouse built by the ingest
-under tmp_path, at an as_of in the middle of the data, with and without hidden categories."""
+under tmp_path, at an as_of in the middle of the data, with and without hidden categories.
+And the profiles read from the published metrics tables are exactly those of the lines, and are
+used only while those tables are current."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import shutil
 
 import dagster as dg
 import duckdb
@@ -13,7 +17,18 @@ import pandas as pd
 import pytest
 
 from cross_sell.definitions import ASSETS, CHECKS
-from cross_sell.scoring.features import CUSTOMER_CATEGORICAL, Profiles, load_profiles, purchase_span
+from cross_sell import audit_log
+from cross_sell.ingest.formats import FORMAT_TABLE, publish_format_sql
+from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql
+from cross_sell.scoring.features import (
+    CUSTOMER_CATEGORICAL,
+    METRICS_TABLES,
+    Profiles,
+    load_profiles,
+    metrics_unusable,
+    profiles_from_metrics,
+    purchase_span,
+)
 from cross_sell_tests.conftest import PROJECT_ROOT, make_resources
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
@@ -205,3 +220,41 @@ def test_profiles_with_hidden_categories_are_the_reference_computation(warehouse
             got = load_profiles(conn, as_of, hidden=hidden)
             assert_same_profiles(got, reference_profiles(conn, as_of, hidden=hidden))
         assert not got.owned[hidden].any() and full.owned[hidden].all()
+
+
+def test_profiles_from_the_metrics_tables_are_the_lines_computation(warehouse: Path, tmp_path: Path) -> None:
+    """The scoring run reads the profiles from customer_metrics and customer_category_matrix: the
+    same arrays, bit for bit, as aggregating the lines, on the awkward cases of the fixture."""
+    copy = tmp_path / "cross_sell.duckdb"
+    shutil.copy(warehouse, copy)
+    with duckdb.connect(str(copy)) as conn:
+        conn.execute(f"create table customer_category_matrix as {customer_category_sql()}")
+        conn.execute(f"create table customer_metrics as {customer_metrics_sql()}")
+        _, last = purchase_span(conn)
+        assert_same_profiles(profiles_from_metrics(conn), load_profiles(conn, last))
+
+
+def test_the_metrics_tables_stand_in_only_while_current(warehouse: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "cross_sell.duckdb"
+    shutil.copy(warehouse, copy)
+    with duckdb.connect(str(copy)) as conn:
+        published = audit_log.current_publish(conn)
+        assert published is not None  # the ingest recorded its publish
+        assert metrics_unusable(conn) == (
+            "customer_metrics and customer_category_matrix were not rebuilt since the inputs were last published"
+        )
+        for table in METRICS_TABLES:
+            audit_log.record_derived(conn, table, published, "test")
+        assert metrics_unusable(conn) is None
+        # Inputs published again (a new day, say): the tables are stale until rebuilt.
+        republished = audit_log.record_publish(conn, "test")
+        assert metrics_unusable(conn) == (
+            "customer_metrics and customer_category_matrix were not rebuilt since the inputs were last published"
+        )
+        audit_log.record_derived(conn, "customer_metrics", republished, "test")
+        assert metrics_unusable(conn) == "customer_category_matrix was not rebuilt since the inputs were last published"
+        audit_log.record_derived(conn, "customer_category_matrix", republished, "test")
+        assert metrics_unusable(conn) is None
+        # Inputs without prices: the metrics hold nulls where the profile has zeros.
+        conn.execute(f"create or replace table {FORMAT_TABLE} as {publish_format_sql('basket_log')}")
+        assert metrics_unusable(conn) == "the basket_log inputs lack prices"

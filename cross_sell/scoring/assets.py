@@ -198,7 +198,7 @@ def beats_popularity(model: ml.TrainedModel) -> dg.AssetCheckResult:
 
 
 @dg.asset(
-    deps=["cross_sell_model", "customers", "products", "purchases"],
+    deps=["cross_sell_model", "customer_metrics", "customer_category_matrix", "customers", "products", "purchases"],
     group_name=GROUP,
     owners=[OWNER],
     kinds={"duckdb", "sklearn"},
@@ -244,6 +244,7 @@ def cross_sell_scores(
                 "score_by_category": dg.MetadataValue.md(markdown(by_category)),
                 "scoring": model.metadata.get("scoring", "predict_proba"),
                 "table_check_max_gap": scored.table_gap,
+                "profiles_from": scored.profiles_from,
             },
             check_results=[gate],
         )

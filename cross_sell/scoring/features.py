@@ -5,7 +5,10 @@ they lack.
 Everything is computed as of a moment ``as_of`` from the published ``customers``, ``products``
 and ``purchases`` tables, so the same code builds the training features (as of a cutoff in the
 past) and the scoring features (as of the newest purchase): no train/serve skew. The heavy
-lifting is two DuckDB aggregations; the rest is dense numpy over customers x categories.
+lifting is two DuckDB aggregations; the rest is dense numpy over customers x categories. As of
+the newest purchase, the published ``customer_metrics`` and ``customer_category_matrix`` already
+hold those aggregates, and scoring reads them instead while they are current
+(:func:`profiles_from_metrics`, :func:`metrics_unusable`): the same numbers, bit for bit.
 
 Per customer (the same definitions as ``customer_metrics``, evaluated as of ``as_of``):
 
@@ -32,6 +35,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from cross_sell import audit_log
+from cross_sell.ingest.formats import published_capabilities
 from cross_sell.scoring.logic import distinct_profiles, strongest_rule
 
 CANDIDATE = "category"
@@ -101,9 +106,10 @@ class PairFeatures:
 _CUSTOMERS = """
     cust as (select customer_id, signup_date, birth_year, income, education, marital_status, country,
                     (row_number() over (order by customer_id) - 1)::integer as ci from customers)"""
-_CODES = _CUSTOMERS + """,
+_CATEGORIES = """
     cat as (select product_category, (row_number() over (order by product_category) - 1)::integer as ki
-            from (select distinct product_category from products)),
+            from (select distinct product_category from products))"""
+_CODES = _CUSTOMERS + "," + _CATEGORIES + """,
     lines as (
         select cust.ci, cat.ki, p.order_id, p.amount, p.purchase_date
         from purchases p join products pr using (product_id) join cust using (customer_id) join cat using (product_category)
@@ -128,6 +134,38 @@ def purchase_span(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None,
     return (pd.Timestamp(first) if first is not None else None, pd.Timestamp(last) if last is not None else None)
 
 
+def _categories(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in conn.execute("select distinct product_category from products order by 1").fetchall()]
+
+
+def _customer_sql(ctes: str, columns: dict[str, str], join: str) -> str:
+    """One row per customer, in customer id order: ``columns`` (orders, total_spend,
+    purchase_frequency, recency_days, tenure_days, active, as SQL over ``join``) and the
+    demographics, text columns as codes into their distinct values (see :func:`_levels`) rather
+    than one Python string per customer that pandas then has to hash into categories."""
+    return (
+        "with "
+        + _CUSTOMERS
+        + "".join(f", {c}_levels as {_levels(c)}" for c in CUSTOMER_CATEGORICAL)
+        + ctes
+        + " select cust.customer_id, "
+        + "".join(f"{sql} as {name}, " for name, sql in columns.items())
+        + """(year($as_of) - cust.birth_year)::double as age,
+               cust.income::double as income, """
+        + ", ".join(f"coalesce({c}_levels.code, -1) as {c}" for c in CUSTOMER_CATEGORICAL)
+        + f" from cust {join} "
+        + " ".join(f"left join {c}_levels on {c}_levels.value = cust.{c}" for c in CUSTOMER_CATEGORICAL)
+        + " order by cust.ci"
+    )
+
+
+def _level_values(conn: duckdb.DuckDBPyConnection) -> dict[str, list]:
+    return {
+        c: [r[0] for r in conn.execute(f"select value from {_levels(c)} order by code").fetchall()]
+        for c in CUSTOMER_CATEGORICAL
+    }
+
+
 def load_profiles(
     conn: duckdb.DuckDBPyConnection,
     as_of: pd.Timestamp,
@@ -138,7 +176,7 @@ def load_profiles(
     ``hidden`` (customer index, category index) pairs are left out entirely, as if the customer
     had never bought that category: the cross-sectional fallback hides one category per customer
     and asks the model to find it."""
-    categories = [r[0] for r in conn.execute("select distinct product_category from products order by 1").fetchall()]
+    categories = _categories(conn)
     if hidden is not None:
         conn.register(HIDDEN_VIEW, pd.DataFrame({"ci": hidden[0].astype(np.int32), "ki": hidden[1].astype(np.int32)}))
     try:
@@ -168,49 +206,103 @@ def load_profiles(
             later = conn.execute(
                 _with(hidden is not None) + " select distinct ci, ki from lines where purchase_date > $as_of", params
             ).fetchnumpy()
-        # The text columns come back as codes into their distinct values (fetched below) rather
-        # than as one Python string per customer that pandas then has to hash into categories.
         customer = conn.execute(
-            "with "
-            + _CUSTOMERS
-            + "".join(f", {c}_levels as {_levels(c)}" for c in CUSTOMER_CATEGORICAL)
-            + f""",
-            orders as (select ci, order_id, min(first_at) as ordered_at, sum(amount) as order_amount
-                       from {ORDER_LINES} group by ci, order_id),
-            per as (select ci, count(*) as orders, sum(order_amount) as total_spend,
-                           min(ordered_at) as first_order, max(ordered_at) as last_order
-                    from orders group by ci)
-            select cust.customer_id,
-                   coalesce(per.orders, 0)::double as orders,
-                   coalesce(per.total_spend, 0)::double as total_spend,
-                   case when per.orders > 0
+            _customer_sql(
+                f""",
+                orders as (select ci, order_id, min(first_at) as ordered_at, sum(amount) as order_amount
+                           from {ORDER_LINES} group by ci, order_id),
+                per as (select ci, count(*) as orders, sum(order_amount) as total_spend,
+                               min(ordered_at) as first_order, max(ordered_at) as last_order
+                        from orders group by ci)""",
+                {
+                    "orders": "coalesce(per.orders, 0)::double",
+                    "total_spend": "coalesce(per.total_spend, 0)::double",
+                    "purchase_frequency": """case when per.orders > 0
                         then per.orders / (greatest(date_diff('day', per.first_order, per.last_order), 30) / 30.0)
-                        else 0 end::double as purchase_frequency,
-                   date_diff('day', per.last_order, $as_of)::double as recency_days,
-                   greatest(date_diff('day',
+                        else 0 end::double""",
+                    "recency_days": "date_diff('day', per.last_order, $as_of)::double",
+                    "tenure_days": """greatest(date_diff('day',
                         least(coalesce(cust.signup_date, per.first_order), coalesce(per.first_order, cust.signup_date)),
-                        $as_of), 0)::double as tenure_days,
-                   (per.orders > 0 or cust.signup_date <= $as_of) is true as active,
-                   (year($as_of) - cust.birth_year)::double as age,
-                   cust.income::double as income,
-                   """
-            + ", ".join(f"coalesce({c}_levels.code, -1) as {c}" for c in CUSTOMER_CATEGORICAL)
-            + """
-            from cust left join per using (ci)
-            """
-            + " ".join(f"left join {c}_levels on {c}_levels.value = cust.{c}" for c in CUSTOMER_CATEGORICAL)
-            + " order by cust.ci",
+                        $as_of), 0)::double""",
+                    "active": "(per.orders > 0 or cust.signup_date <= $as_of) is true",
+                },
+                "left join per using (ci)",
+            ),
             params,
         ).fetchnumpy()
-        levels = {
-            c: [r[0] for r in conn.execute(f"select value from {_levels(c)} order by code").fetchall()]
-            for c in CUSTOMER_CATEGORICAL
-        }
+        levels = _level_values(conn)
     finally:
         conn.execute(f"drop table if exists {ORDER_LINES}")
         if hidden is not None:
             conn.unregister(HIDDEN_VIEW)
+    return _assemble(as_of, categories, pairs, later, customer, levels)
 
+
+# The published tables that hold the profile as of the newest purchase (see profiles_from_metrics).
+METRICS_TABLES = ("customer_metrics", "customer_category_matrix")
+
+
+def profiles_from_metrics(conn: duckdb.DuckDBPyConnection) -> Profiles:
+    """The same profiles as ``load_profiles(conn, newest purchase)``, read from the published
+    ``customer_metrics`` (orders, spend, frequency, recency, tenure per customer) and
+    ``customer_category_matrix`` (orders and spend per customer and category) instead of
+    aggregating the purchase lines again: a few million rows instead of every line.
+
+    They are the same numbers by definition (the metrics are computed as of the newest purchase,
+    with the formulas of :func:`load_profiles`), but only while those tables are current and the
+    inputs carry every fact: see :func:`metrics_unusable`, and use this only when it says so."""
+    _, as_of = purchase_span(conn)
+    if as_of is None:
+        raise ValueError("there are no purchases")
+    categories = _categories(conn)
+    params = {"as_of": as_of.to_pydatetime()}
+    pairs = conn.execute(
+        "with " + _CUSTOMERS + "," + _CATEGORIES
+        + """
+        select cust.ci, cat.ki, m.orders::integer as orders, coalesce(m.spend, 0)::double as spend
+        from customer_category_matrix m join cust using (customer_id) join cat using (product_category)"""
+    ).fetchnumpy()
+    customer = conn.execute(
+        _customer_sql(
+            "",
+            {
+                "orders": "coalesce(m.orders, 0)::double",
+                "total_spend": "coalesce(m.total_spend, 0)::double",
+                "purchase_frequency": "coalesce(m.purchase_frequency, 0)::double",
+                "recency_days": "m.recency_days::double",
+                "tenure_days": "m.tenure_days::double",
+                "active": "(m.orders > 0 or cust.signup_date <= $as_of) is true",
+            },
+            "left join customer_metrics m using (customer_id)",
+        ),
+        params,
+    ).fetchnumpy()
+    nothing_later = {"ci": np.zeros(0, dtype=np.int32), "ki": np.zeros(0, dtype=np.int32)}
+    return _assemble(as_of, categories, pairs, nothing_later, customer, _level_values(conn))
+
+
+def metrics_unusable(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """Why :func:`profiles_from_metrics` cannot stand in for the purchase lines right now, or None
+    when it can: both tables must have been rebuilt from the latest publish of the inputs (as
+    recorded by :mod:`cross_sell.audit_log`), and the inputs must carry every fact the metrics
+    need (a basket log has no prices, so its metrics are null where the profile has zeros)."""
+    input_format, caps = published_capabilities(conn)
+    if caps.missing():
+        return f"the {input_format} inputs lack {', '.join(caps.missing())}"
+    publish = audit_log.current_publish(conn)
+    if publish is None:
+        return "no publish of the inputs is recorded"
+    stale = [t for t in METRICS_TABLES if audit_log.derived_from(conn, t) != publish]
+    if stale:
+        return f"{' and '.join(stale)} {'was' if len(stale) == 1 else 'were'} not rebuilt since the inputs were last published"
+    return None
+
+
+def _assemble(
+    as_of: pd.Timestamp, categories: list[str], pairs: dict, later: dict, customer: dict, levels: dict[str, list]
+) -> Profiles:
+    """The profile arrays from the fetched columns: ``pairs`` (ci, ki, orders, spend per category
+    bought), ``later`` (ci, ki bought after as_of) and ``customer`` (one row per customer)."""
     ids = customer["customer_id"]
     n, k = len(ids), len(categories)
     ci = np.asarray(pairs["ci"], dtype=np.int64)

@@ -79,7 +79,9 @@ from cross_sell.scoring.features import (
     data_fingerprint,
     feature_names,
     load_profiles,
+    metrics_unusable,
     pair_features,
+    profiles_from_metrics,
     purchase_span,
     rule_statistics,
 )
@@ -655,6 +657,7 @@ class Scored:
     score: np.ndarray  # float64
     profiles: Profiles
     table_gap: float = 0.0  # largest gap between table scores and predict_proba on the checked sample
+    profiles_from: str = "purchases"  # where the profiles were read: see score()
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -671,12 +674,19 @@ class Scored:
 def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers: int = SCORE_CHUNK_CUSTOMERS) -> Scored:
     """Score every customer x category not yet bought with a trained model (never trains).
 
-    Features are recomputed on all data, as of the newest purchase. Customers are scored in
-    chunks, every category at once; owned categories are dropped."""
+    Features are recomputed on all data, as of the newest purchase: read from the published
+    customer metrics and customer x category matrix when those are current (the same numbers, a
+    few million rows instead of every purchase line), else aggregated from the purchase lines.
+    ``Scored.profiles_from`` says which, and why. Customers are scored in chunks, every category
+    at once; owned categories are dropped."""
     _, last = purchase_span(conn)
     if last is None:
         raise ValueError("there are no purchases to score from")
-    profiles = load_profiles(conn, last)
+    unusable = metrics_unusable(conn)
+    if unusable is None:
+        profiles, source = profiles_from_metrics(conn), "customer_metrics and customer_category_matrix"
+    else:
+        profiles, source = load_profiles(conn, last), f"purchases ({unusable})"
     pairs = pair_features(profiles, rule_statistics(profiles.owned))
     gap = verify_tables(model, profiles, pairs, int(model.metadata["params"]["seed"]))
     n, k = profiles.shape
@@ -697,7 +707,7 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
         values[position:position + count] = block[mask]
         ki[position:position + count] = np.nonzero(mask)[1]
         position += count
-    return Scored(ci=ci, ki=ki, score=values, profiles=profiles, table_gap=gap)
+    return Scored(ci=ci, ki=ki, score=values, profiles=profiles, table_gap=gap, profiles_from=source)
 
 
 def train_and_score(
