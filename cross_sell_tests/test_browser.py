@@ -67,7 +67,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         "--disable-sync",
         "--disable-dev-shm-usage",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1920,1200",
+        "--window-size=1920,1600",
     ]:
         options.add_argument(flag)
     # An explicit driver path: Selenium never tries to download one.
