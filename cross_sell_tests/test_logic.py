@@ -90,6 +90,20 @@ def test_pair_counts_match_counting_by_hand(n_items: int, repeats: bool) -> None
     np.testing.assert_array_equal(pairs.toarray(), expected)
 
 
+def test_rules_come_sorted_by_lift_then_support_then_names() -> None:
+    # Few transactions make many ties in lift and support; names out of alphabetical order (and
+    # not in code order) make the name tie-break visible.
+    rng = np.random.default_rng(5)
+    tx, items = rng.integers(0, 12, 60), rng.integers(0, 6, 60)
+    names = ["delta", "Alpha", "charlie", "bravo", "echo", "alpha"]
+    rules = association_rules(tx, items, names)
+    expected = rules.sort_values(
+        ["lift", "support", "antecedent", "consequent"], ascending=[False, False, True, True], kind="stable"
+    ).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rules, expected)
+    assert rules.duplicated(["lift", "support"]).any() and rules.index.equals(pd.RangeIndex(len(rules)))
+
+
 def test_rules_from_distinct_masks_equal_rules_from_pairs() -> None:
     # customers: {A,B}, {A,B}, {A,C}, {B}, as masks A=1, B=2, C=4 counted once per distinct set.
     names = ["A", "B", "C"]

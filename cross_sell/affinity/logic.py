@@ -76,20 +76,23 @@ def transaction_masks(transaction_codes: np.ndarray, item_codes: np.ndarray, n_i
     return masks
 
 
-def mask_pair_counts(distinct: np.ndarray, counts: np.ndarray, n_items: int) -> np.ndarray:
-    """Dense ``C = X^T X`` (int64, n_items x n_items) from the distinct transaction bit masks and
-    how many transactions have each."""
+def mask_pair_counts(masks: np.ndarray, counts: np.ndarray | None, n_items: int) -> np.ndarray:
+    """Dense ``C = X^T X`` (int64, n_items x n_items) from transaction bit masks and how many
+    transactions have each (``counts``; None: one each, so the masks need not be distinct: the
+    histograms count them, which is cheaper than sorting them into distinct ones first)."""
     n_bytes = max(1, -(-n_items // 8))
-    octets = distinct.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :n_bytes].astype(np.intp)
-    weights = counts.astype(np.float64)
+    raw = masks.astype("<u8").view(np.uint8).reshape(-1, 8)
+    octets = [raw[:, i].astype(np.intp) for i in range(n_bytes)]  # one contiguous column per byte
+    weights = None if counts is None else counts.astype(np.float64)
     total = np.zeros((8 * n_bytes, 8 * n_bytes))
     for i in range(n_bytes):
         rows = slice(8 * i, 8 * i + 8)
-        within = np.bincount(octets[:, i], weights=weights, minlength=256)
+        within = np.bincount(octets[i], weights=weights, minlength=256).astype(np.float64)
         total[rows, rows] = _BYTE_BITS.T @ (within[:, None] * _BYTE_BITS)
+        high = octets[i] * 256
         for j in range(i + 1, n_bytes):
             cols = slice(8 * j, 8 * j + 8)
-            joint = np.bincount(octets[:, i] * 256 + octets[:, j], weights=weights, minlength=65536)
+            joint = np.bincount(high + octets[j], weights=weights, minlength=65536).astype(np.float64)
             block = _BYTE_BITS.T @ joint.reshape(256, 256) @ _BYTE_BITS
             total[rows, cols], total[cols, rows] = block, block.T
     return np.rint(total[:n_items, :n_items]).astype(np.int64)
@@ -103,8 +106,7 @@ def co_occurrence(transaction_codes: np.ndarray, item_codes: np.ndarray, n_items
     if n_items <= MASK_ITEMS:
         masks = transaction_masks(transaction_codes, item_codes, n_items)
         if masks is not None:
-            distinct, counts = np.unique(masks, return_counts=True)
-            return sparse.csr_matrix(mask_pair_counts(distinct, counts, n_items)), len(masks)
+            return sparse.csr_matrix(mask_pair_counts(masks, None, n_items)), len(masks)
     tx = dense_codes(transaction_codes)
     n_tx = int(tx.max()) + 1
     x = sparse.csr_matrix(
@@ -159,7 +161,13 @@ def rules_from_pair_counts(
     support = count / n_tx
     confidence = count / item_count[a]
     lift = confidence / (item_count[b] / n_tx)
-    rules = pd.DataFrame(
+    # Sorted by lift, then support (both descending), then the names, in numpy: one stable lexsort
+    # (last key first) over the names' ranks, instead of pandas sorting text columns.
+    name_rank = np.empty(len(names), dtype=np.int64)
+    name_rank[np.argsort(names, kind="stable")] = np.arange(len(names))
+    order = np.lexsort((name_rank[b], name_rank[a], -support, -lift))
+    a, b, count, support, confidence, lift = (x[order] for x in (a, b, count, support, confidence, lift))
+    return pd.DataFrame(
         {
             "level": level,
             "antecedent": names[a],
@@ -173,9 +181,6 @@ def rules_from_pair_counts(
             "lift": lift.astype(np.float64),
         }
     )
-    return rules.sort_values(
-        ["lift", "support", "antecedent", "consequent"], ascending=[False, False, True, True], kind="stable"
-    ).reset_index(drop=True)
 
 
 def _empty_types() -> dict[str, str]:
