@@ -231,7 +231,7 @@ def test_profiles_from_the_metrics_tables_are_the_lines_computation(warehouse: P
         conn.execute(f"create table customer_category_matrix as {customer_category_sql()}")
         conn.execute(f"create table customer_metrics as {customer_metrics_sql()}")
         _, last = purchase_span(conn)
-        assert_same_profiles(profiles_from_metrics(conn), load_profiles(conn, last))
+        assert_same_profiles(profiles_from_metrics(conn, last), load_profiles(conn, last))
 
 
 def test_the_metrics_tables_stand_in_only_while_current(warehouse: Path, tmp_path: Path) -> None:

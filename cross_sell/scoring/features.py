@@ -242,8 +242,9 @@ def load_profiles(
 METRICS_TABLES = ("customer_metrics", "customer_category_matrix")
 
 
-def profiles_from_metrics(conn: duckdb.DuckDBPyConnection) -> Profiles:
-    """The same profiles as ``load_profiles(conn, newest purchase)``, read from the published
+def profiles_from_metrics(conn: duckdb.DuckDBPyConnection, newest: pd.Timestamp) -> Profiles:
+    """The same profiles as ``load_profiles(conn, newest)``, ``newest`` being the newest purchase
+    (see :func:`purchase_span`), read from the published
     ``customer_metrics`` (orders, spend, frequency, recency, tenure per customer) and
     ``customer_category_matrix`` (orders and spend per customer and category) instead of
     aggregating the purchase lines again: a few million rows instead of every line.
@@ -251,11 +252,8 @@ def profiles_from_metrics(conn: duckdb.DuckDBPyConnection) -> Profiles:
     They are the same numbers by definition (the metrics are computed as of the newest purchase,
     with the formulas of :func:`load_profiles`), but only while those tables are current and the
     inputs carry every fact: see :func:`metrics_unusable`, and use this only when it says so."""
-    _, as_of = purchase_span(conn)
-    if as_of is None:
-        raise ValueError("there are no purchases")
     categories = _categories(conn)
-    params = {"as_of": as_of.to_pydatetime()}
+    params = {"as_of": newest.to_pydatetime()}
     pairs = conn.execute(
         "with " + _CUSTOMERS + "," + _CATEGORIES
         + """
@@ -278,7 +276,7 @@ def profiles_from_metrics(conn: duckdb.DuckDBPyConnection) -> Profiles:
         params,
     ).fetchnumpy()
     nothing_later = {"ci": np.zeros(0, dtype=np.int32), "ki": np.zeros(0, dtype=np.int32)}
-    return _assemble(as_of, categories, pairs, nothing_later, customer, _level_values(conn))
+    return _assemble(newest, categories, pairs, nothing_later, customer, _level_values(conn))
 
 
 def metrics_unusable(conn: duckdb.DuckDBPyConnection) -> str | None:

@@ -684,7 +684,7 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
         raise ValueError("there are no purchases to score from")
     unusable = metrics_unusable(conn)
     if unusable is None:
-        profiles, source = profiles_from_metrics(conn), "customer_metrics and customer_category_matrix"
+        profiles, source = profiles_from_metrics(conn, last), "customer_metrics and customer_category_matrix"
     else:
         profiles, source = load_profiles(conn, last), f"purchases ({unusable})"
     pairs = pair_features(profiles, rule_statistics(profiles.owned))
