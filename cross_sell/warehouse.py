@@ -2,10 +2,14 @@
 
 Layout of the warehouse file:
 
-* ``audit.<dataset>``: new input exactly as received (as text), before the gates ran;
+* ``audit.<dataset>``: the latest load, as received (text, or typed where the files were), before
+  and after the gates ran;
+* ``audit.<dataset>_published``: the published rows, once a later load took ``audit.<dataset>`` (or
+  when the load had to be parsed to be published);
 * ``audit.load_log`` / ``audit.gate_log``: which load is in the audit tables and which gates it passed;
 * ``main.<table>``: everything consumers read: the published inputs (``customers``, ``products``,
-  ``purchases``) and the outputs (``customer_metrics``, ``product_affinity``, ...).
+  ``purchases``: views with the contract's columns over the published rows, see
+  :mod:`cross_sell.ingest.publication`) and the outputs (``customer_metrics``, ``product_affinity``, ...).
 
 Every write to ``main`` happens inside one transaction, so a failed gate, an exception or a killed
 process leaves the previous tables exactly as they were.

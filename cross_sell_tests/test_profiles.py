@@ -19,6 +19,7 @@ import pytest
 from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell import audit_log
 from cross_sell.ingest.formats import FORMAT_TABLE, publish_format_sql
+from cross_sell.ingest.publication import published_rows
 from cross_sell.metrics.logic import customer_category_sql, customer_metrics_sql
 from cross_sell.scoring.features import (
     CUSTOMER_CATEGORICAL,
@@ -170,15 +171,17 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with duckdb.connect(str(path)) as conn:
         first, last = purchase_span(conn)
         middle = first + (last - first) * 0.5
+        # The published inputs are views: the edits go to the tables that hold their rows.
+        purchases, customers = published_rows(conn, "purchases"), published_rows(conn, "customers")
         # Every 7th order gets a second, later date on some of its lines: the order counts before
         # and after the as_of, its date is its first line's.
         conn.execute(
-            """update purchases set purchase_date = purchase_date + interval 40 day
+            f"""update {purchases} set purchase_date = purchase_date + interval 40 day
                where hash(order_id) % 7 = 0 and hash(purchase_id) % 2 = 0"""
         )
-        conn.execute("update purchases set amount = null where hash(purchase_id) % 23 = 0")
+        conn.execute(f"update {purchases} set amount = null where hash(purchase_id) % 23 = 0")
         conn.execute(
-            """update customers set education = case hash(customer_id) % 5 when 0 then null when 1 then 'basic'
+            f"""update {customers} set education = case hash(customer_id) % 5 when 0 then null when 1 then 'basic'
                                                                           when 2 then 'Ärzte' else education end,
                                     marital_status = case when hash(customer_id) % 11 = 0 then null else marital_status end,
                                     country = case when hash(customer_id) % 13 = 0 then null else country end,
@@ -186,7 +189,7 @@ def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                     signup_date = case when hash(customer_id) % 19 = 0 then null else signup_date end"""
         )
         conn.execute(
-            """insert into customers (customer_id, education, signup_date)
+            f"""insert into {customers} (customer_id, education, signup_date)
                values ('C-never', 'Zen', $early), ('C-later', null, $late), ('0-first', 'basic', null)""",
             {"early": first.to_pydatetime(), "late": (last + pd.Timedelta(days=3)).to_pydatetime()},
         )

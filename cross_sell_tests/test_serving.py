@@ -26,6 +26,7 @@ import yaml
 
 from cross_sell import slo
 from cross_sell.definitions import ASSETS, CHECKS, build_definitions
+from cross_sell.ingest.publication import published_rows
 from cross_sell.serving import exports as ex
 from cross_sell.serving import locations, roles
 from cross_sell.serving.assets import VIEW_CHECK, VIEW_KEYS, view_key
@@ -388,7 +389,8 @@ def test_leaking_marketing_file_is_never_published(tiny: Served, tmp_path: Path)
     copy = _copy(tiny, tmp_path)
     before = ex.sha256_file(copy.marketing)
     with duckdb.connect(str(copy.warehouse)) as conn:
-        conn.execute("update main.products set product_name = 'call bob@example.com' where product_id = 'P2'")
+        products = published_rows(conn, "products")  # the table behind the published view
+        conn.execute(f"update {products} set product_name = 'call bob@example.com' where product_id = 'P2'")
     with _clean_env():
         result = dg.materialize(
             [*ASSETS, *CHECKS], selection=["marketing_database", "data_product_manifest"],

@@ -2,7 +2,8 @@
 
 Write, audit, publish: ``audit/<dataset>`` lands the files as received; blocking pandera gates
 check them; ``publish_inputs`` then replaces ``customers``, ``products`` and ``purchases`` in one
-transaction, and only when every gate of the current load passed. A failed gate therefore
+transaction, and only when every gate of the current load passed: by pointing the published
+views at the gated load, without a copy, where it landed typed (:mod:`publication`). A failed gate therefore
 leaves every published table and every output as it was.
 """
 
@@ -17,12 +18,13 @@ from dagster_duckdb import DuckDBResource
 from duckdb import Error as DuckDBError
 
 from cross_sell import audit_log, contracts, landing_files
+from cross_sell.ingest import publication
 from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql
 from cross_sell.ingest.landing import InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
 from cross_sell.ingest.source import SourceLayoutError, source_table
 from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
 from cross_sell.resources import InputFiles
-from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_table, row_count, transaction, uri
+from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_table, row_count, table_columns, transaction, uri
 
 OWNER = "team:data-platform"
 GROUP = "ingest"
@@ -337,11 +339,16 @@ def _published_spec(ds: Dataset) -> dg.AssetSpec:
 
 def upsert_purchases(conn: duckdb.DuckDBPyConnection) -> int:
     """Publish a delta load, in the caller's transaction: replace the published lines that share a
-    purchase_id with the new ones and add the rest. Returns how many published lines it replaced."""
+    purchase_id with the new ones and add the rest, in the table that holds the published rows.
+    Returns how many published lines it replaced."""
+    target = publication.published_rows(conn, PURCHASES.table)
     replaced = conn.execute(
-        f"delete from purchases where purchase_id in (select purchase_id from {AUDIT_SCHEMA}.purchases)"
+        f"delete from {target} where purchase_id in (select purchase_id from {AUDIT_SCHEMA}.purchases)"
     ).fetchall()[0][0]
-    conn.execute(f"insert into purchases {typed_select(conn, PURCHASES)}")
+    delta = set(table_columns(conn, PURCHASES.table, AUDIT_SCHEMA))
+    columns = [(name, kind) for name, kind, *_ in conn.execute(f"describe {target}").fetchall() if name in delta]
+    select = ", ".join(f'cast("{name}" as {kind}) as "{name}"' for name, kind in columns)
+    conn.execute(f"insert into {target} by name select {select} from {AUDIT_SCHEMA}.purchases")
     return int(replaced)
 
 
@@ -379,7 +386,10 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
         full = [ds for ds in DATASETS if ds.table in selected and not (delta and ds is PURCHASES)]
         extra: dict[str, dict] = {ds.table: {"load_mode": audit_log.FULL} for ds in full}
         with transaction(conn):  # everything this step publishes, or nothing
-            counts = {ds.table: replace_table(conn, ds.table, typed_select(conn, ds)) for ds in full}
+            published = {ds.table: publication.publish_load(conn, ds.table, contract_types(ds), typed_select(conn, ds)) for ds in full}
+            counts = {table: rows for table, (rows, _) in published.items()}
+            for table, (_, how) in published.items():
+                extra[table]["published"] = how
             replace_table(conn, FORMAT_TABLE, publish_format_sql(input_format))
             if delta and PURCHASES.table in selected:
                 replaced = upsert_purchases(conn)

@@ -11,11 +11,13 @@ happens in the gate, not here, so a value like ``"abc"`` in ``amount`` is report
 instead of aborting the read. What cannot be read at all (a missing or 0-byte file, a header that
 is not UTF-8 or repeats a name) fails the landing step with a message that says so.
 
-CSV values land as text. A Parquet column lands as it was received when its Parquet type is one
-the contract column's type reads exactly (``DOUBLE`` for a number, an integer type for an
-integer, ``TIMESTAMP`` or ``DATE`` for a timestamp, ``VARCHAR`` for text; see
-:data:`NATIVE_TYPES`): the gate's and the publish step's casts are then no-ops, and turning those
-values into text and back, which cost more than the rest of landing, is skipped. Every other
+CSV values land as text. A Parquet column lands typed when its Parquet type is one the contract
+column's type reads exactly (``DOUBLE`` for a number, an integer type for an integer,
+``TIMESTAMP`` or ``DATE`` for a timestamp, ``VARCHAR`` for text; see :data:`NATIVE_TYPES`),
+widened to the contract's type where it differs (``INTEGER`` lands as ``BIGINT``): the gate's
+casts are then no-ops, turning those values into text and back, which cost more than the rest of
+landing, is skipped, and a load whose contract columns all landed typed is published without a
+copy (:mod:`cross_sell.ingest.publication`). Every other
 column (outside the contract, or of another type, e.g. ``FLOAT`` or ``DECIMAL``) lands as text, as
 before, so the gate still sees and reports whatever cannot be typed.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 
+from cross_sell.ingest.publication import retire_published_load
 from cross_sell.warehouse import AUDIT_SCHEMA, table_columns
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
@@ -147,13 +150,19 @@ def _quoted(name: str) -> str:
 
 def _parquet_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], contract_types: Mapping[str, str]) -> str:
     """Parquet files as one relation: contract columns whose Parquet type the contract reads
-    exactly (:data:`NATIVE_TYPES`) as received, every other column as text, plus the file name."""
+    exactly (:data:`NATIVE_TYPES`) typed as the contract, every other column as text, plus the
+    file name."""
     scan = f"read_parquet({_sql_list(files)}, union_by_name = true, filename = true)"
     described = conn.execute(f"describe select * exclude (filename) from {scan}").fetchall()
     columns = []
     for name, column_type, *_ in described:
-        native = NATIVE_TYPES.get(contract_types.get(name, ""), frozenset())
-        columns.append(_quoted(name) if column_type in native else f"{_quoted(name)}::varchar as {_quoted(name)}")
+        wanted = contract_types.get(name, "")
+        if column_type == wanted.upper():
+            columns.append(_quoted(name))
+        elif column_type in NATIVE_TYPES.get(wanted, frozenset()):
+            columns.append(f"{_quoted(name)}::{wanted} as {_quoted(name)}")  # widened, exactly
+        else:
+            columns.append(f"{_quoted(name)}::varchar as {_quoted(name)}")
     return f"select {', '.join(columns)}, filename as _source_file from {scan}"
 
 
@@ -197,10 +206,13 @@ def land(
     """Replace ``audit.<table>`` with the files' rows and ``audit.<rejects_table>`` (default
     ``<table>_rejects``) with the lines that could not be parsed. Values land as text, except
     Parquet columns whose type the contract type in ``contract_types`` (column -> ``varchar``,
-    ``bigint``, ``double`` or ``timestamp``) reads exactly. Runs in the caller's transaction."""
+    ``bigint``, ``double`` or ``timestamp``) reads exactly: those land as the contract type. If the
+    current ``audit.<table>`` holds the published rows, they are kept as the published table first
+    (:func:`~cross_sell.ingest.publication.retire_published_load`). Runs in the caller's transaction."""
     rejects_table = rejects_table or f"{table}_rejects"
     relation, reject_selects = _read_relation(conn, files, delimiter, contract_types)
     conn.execute(f"create schema if not exists {AUDIT_SCHEMA}")
+    retire_published_load(conn, table)
     conn.execute(f"create or replace table {AUDIT_SCHEMA}.{table} as {relation}")
     rejects_select = " union all ".join(reject_selects) or (
         "select null::varchar as file, null::bigint as line, null::varchar as column_name, "

@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 
 from cross_sell.ingest.landing import LandingReport, detect_delimiter, land
+from cross_sell.ingest.publication import retire_published_load
 from cross_sell.warehouse import AUDIT_SCHEMA, table_columns
 
 SOURCE_SUFFIX = "_source"
@@ -107,6 +108,7 @@ def publish_mapping(
     conn: duckdb.DuckDBPyConnection, dataset: str, source: LandingReport, select_sql: str, contract_columns: list[str]
 ) -> LandingReport:
     """Replace ``audit.<dataset>`` with the mapped rows and report it like a canonical landing."""
+    retire_published_load(conn, dataset)
     conn.execute(f"create or replace table {AUDIT_SCHEMA}.{dataset} as {select_sql}")
     if dataset not in KEEP_SOURCE:
         conn.execute(f"drop table if exists {AUDIT_SCHEMA}.{source_table(dataset)}")
