@@ -1,0 +1,40 @@
+"""The benchmark command runs end to end at a small scale and prints what it promises. Its figures
+are printed, never asserted: this only checks that the command works and its tables add up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cross_sell import bench
+
+
+def _table(output: str, first_header: str) -> list[list[str]]:
+    lines = output[output.index(f"| {first_header}"):].splitlines()
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A kept workdir with a model from an earlier run: the benchmark must train again, not reuse it.
+    stale = tmp_path / "models" / "cross_sell_model-0000000000000000.joblib"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an earlier run's model")
+    assert bench.main(["--purchases", "20000", "--no-mlxtend", "--workdir", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    assert not stale.exists()
+
+    steps = {row[0]: float(row[1]) for row in _table(output, "step")}
+    assert {"publish_inputs", "cross_sell_model", "cross_sell_scores", "marketing_database"} <= set(steps)
+    groups = {row[0]: float(row[2]) for row in _table(output, "asset group")}
+    assert {"ingest", "metrics", "affinity", "scoring", "serving"} <= set(groups)
+    total = float(re.search(r"whole graph wall time +\| ([0-9.]+) s", output).group(1))
+    assert sum(groups.values()) == pytest.approx(total, abs=0.15)  # the groups and the gap between steps
+    assert sum(steps.values()) == pytest.approx(total - groups["(between steps)"], abs=0.15)
+    assert re.search(r"graph / floor +\| [0-9.]+x", output)
