@@ -2,9 +2,9 @@
 
 Write, audit, publish: ``audit/<dataset>`` lands the files as received; blocking pandera gates
 check them; ``publish_inputs`` then replaces ``customers``, ``products`` and ``purchases`` in one
-transaction, and only when every gate of the current load passed: by pointing the published
-views at the gated load, without a copy, where it landed typed (:mod:`publication`). A failed gate therefore
-leaves every published table and every output as it was.
+transaction, and only when every gate of the current load passed (without a copy where the load
+landed typed: see :mod:`cross_sell.ingest.publication`). A failed gate therefore leaves every
+published table and every output as it was.
 """
 
 from collections.abc import Iterator
@@ -386,7 +386,9 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
         full = [ds for ds in DATASETS if ds.table in selected and not (delta and ds is PURCHASES)]
         extra: dict[str, dict] = {ds.table: {"load_mode": audit_log.FULL} for ds in full}
         with transaction(conn):  # everything this step publishes, or nothing
-            published = {ds.table: publication.publish_load(conn, ds.table, contract_types(ds), typed_select(conn, ds)) for ds in full}
+            published = {
+                ds.table: publication.publish_load(conn, ds.table, contract_types(ds), typed_select(conn, ds)) for ds in full
+            }
             counts = {table: rows for table, (rows, _) in published.items()}
             for table, (_, how) in published.items():
                 extra[table]["published"] = how

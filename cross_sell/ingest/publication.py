@@ -2,10 +2,10 @@
 
 ``main.customers``, ``main.products`` and ``main.purchases`` are views that give the contract's
 columns, typed, over the table that holds the published rows. Publishing a load whose columns
-already have the contract's types points the
-view at the gated load itself, ``audit.<dataset>``, instead of copying every line into a second
-table (Parquet columns land typed: see :mod:`cross_sell.ingest.landing`). That copy was a full write of the largest table (10 million purchase lines: 7 s and
-twice the disk). A load that landed as text (CSV) is parsed once, into
+already have the contract's types (Parquet columns land typed, see :mod:`cross_sell.ingest.landing`)
+points the view at the gated load itself, ``audit.<dataset>``, instead of copying every line into
+a second table: that copy was a full write of the largest table (10 million purchase lines: 7 s,
+and twice the disk). A load that landed as text (CSV) is parsed once, into
 ``audit.<dataset>_published``, and the view points there; parsing text on every read would cost
 more than the copy.
 
