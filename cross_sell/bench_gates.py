@@ -43,12 +43,11 @@ import pandas as pd
 
 from cross_sell import contracts
 from cross_sell.bench import GIB, RssSampler, generate_in_child, table
+from cross_sell.ingest.assets import PURCHASES, contract_types
 from cross_sell.ingest.landing import land
-from cross_sell.quality import validate_frame, validate_table
+from cross_sell.quality import GateReport, validate_frame, validate_table
 
 AUDIT_TABLE = "audit.purchases"
-CONTRACT_TYPES = {"purchase_id": "varchar", "order_id": "varchar", "customer_id": "varchar", "product_id": "varchar",
-                  "purchase_date": "timestamp", "quantity": "bigint", "amount": "double", "channel": "varchar"}
 
 # The broken lines planted by plant_failures: column -> failing rows every engine should find.
 PLANTED = {"purchase_id": 4, "order_id": 2, "customer_id": 1, "quantity": 3, "amount": 2, "channel": 5, "purchase_date": 1}
@@ -71,13 +70,14 @@ def prepare(work: Path, purchases: int, seed: int) -> Path:
     database = work / "gates.duckdb"
     for leftover in (database, Path(f"{database}.wal")):
         leftover.unlink(missing_ok=True)
+    types = contract_types(PURCHASES)
     with duckdb.connect(str(database)) as conn:
-        land(conn, "purchases", [data / "purchase.parquet"], list(CONTRACT_TYPES), contract_types=CONTRACT_TYPES)
+        land(conn, PURCHASES.table, [data / "purchase.parquet"], list(types), contract_types=types)
     return database
 
 
 def plant_failures(conn: duckdb.DuckDBPyConnection) -> None:
-    """Break a few known lines (see :data:`PLANTED`); rowids 0..14 are the victims."""
+    """Break a few known lines (see :data:`PLANTED`): rowids 0 to 15, and copies of rowids 0 and 1."""
     conn.execute(
         f"""insert into {AUDIT_TABLE} by name
             select * replace (purchase_id || '' as purchase_id) from {AUDIT_TABLE} where rowid in (0, 1)"""
@@ -101,25 +101,24 @@ def _by_column(failure_cases: pd.DataFrame) -> dict[str, int]:
     return {str(c): int(n) for c, n in frame.groupby("column").size().items()}
 
 
-def run_duckdb_sql(database: Path) -> EngineResult:
-    with duckdb.connect(str(database), read_only=True) as conn:
-        report = validate_table(conn, AUDIT_TABLE, contracts.Purchase)
+def _from_report(engine: str, report: GateReport) -> EngineResult:
+    """Failing rows per column from one of this project's gate reports (summed over rules)."""
     by_column: dict[str, int] = {}
     for columns in report.counts().values():
         for column, n in columns.items():
             by_column[column] = by_column.get(column, 0) + n
-    return EngineResult("duckdb_sql", by_column=by_column, note=report.error or "")
+    return EngineResult(engine, by_column=by_column, note=report.error or "")
+
+
+def run_duckdb_sql(database: Path) -> EngineResult:
+    with duckdb.connect(str(database), read_only=True) as conn:
+        return _from_report("duckdb_sql", validate_table(conn, AUDIT_TABLE, contracts.Purchase))
 
 
 def run_pandas(database: Path) -> EngineResult:
     with duckdb.connect(str(database), read_only=True) as conn:
         frame = conn.execute(f"select * exclude (_source_file) from {AUDIT_TABLE}").df()
-    report = validate_frame(contracts.Purchase, frame)
-    by_column: dict[str, int] = {}
-    for columns in report.counts().values():
-        for column, n in columns.items():
-            by_column[column] = by_column.get(column, 0) + n
-    return EngineResult("pandas", by_column=by_column, note=report.error or "")
+    return _from_report("pandas", validate_frame(contracts.Purchase, frame))
 
 
 def _future() -> dt.datetime:
