@@ -28,6 +28,7 @@ import pandas as pd
 import pandera.pandas as pa
 
 from cross_sell.contracts import SQL_CHECKS
+from cross_sell.warehouse import quoted
 
 SQL_TYPES = {
     "str": "varchar",
@@ -64,10 +65,6 @@ def sql_literal(value: object) -> str:
     if isinstance(value, pd.Timestamp):
         return f"timestamp '{value.isoformat(sep=' ')}'"
     return repr(value)
-
-
-def quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _builtin_predicate(check: pa.Check, typed: str) -> str | None:

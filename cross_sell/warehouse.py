@@ -54,6 +54,11 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
     conn.execute("commit")
 
 
+def quoted(name: str) -> str:
+    """``name`` as a DuckDB identifier, quoted (for names that are not SQL literals in the code)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str, schema: str = PUBLISHED_SCHEMA) -> bool:
     found = conn.execute(
         "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",

@@ -24,7 +24,9 @@ from cross_sell.ingest.landing import InputMissingError, find_files, find_source
 from cross_sell.ingest.source import SourceLayoutError, source_table
 from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
 from cross_sell.resources import InputFiles
-from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_table, row_count, table_columns, transaction, uri
+from cross_sell.warehouse import (
+    AUDIT_SCHEMA, connect, markdown, quoted, replace_table, row_count, table_columns, transaction, uri,
+)
 
 OWNER = "team:data-platform"
 GROUP = "ingest"
@@ -347,7 +349,7 @@ def upsert_purchases(conn: duckdb.DuckDBPyConnection) -> int:
     ).fetchall()[0][0]
     delta = set(table_columns(conn, PURCHASES.table, AUDIT_SCHEMA))
     columns = [(name, kind) for name, kind, *_ in conn.execute(f"describe {target}").fetchall() if name in delta]
-    select = ", ".join(f'cast("{name}" as {kind}) as "{name}"' for name, kind in columns)
+    select = ", ".join(f"cast({quoted(name)} as {kind}) as {quoted(name)}" for name, kind in columns)
     conn.execute(f"insert into {target} by name select {select} from {AUDIT_SCHEMA}.purchases")
     return int(replaced)
 

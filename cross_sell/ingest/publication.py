@@ -29,17 +29,14 @@ from collections.abc import Mapping
 
 import duckdb
 
-from cross_sell.warehouse import AUDIT_SCHEMA, PUBLISHED_SCHEMA, table_exists
+from cross_sell.warehouse import AUDIT_SCHEMA, PUBLISHED_SCHEMA, quoted, table_exists
 
 PUBLISHED_SUFFIX = "_published"
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def published_table(dataset: str) -> str:
     """The table that holds published rows once ``audit.<dataset>`` has moved on (qualified)."""
-    return f"{AUDIT_SCHEMA}.{_ident(dataset + PUBLISHED_SUFFIX)}"
+    return f"{AUDIT_SCHEMA}.{quoted(dataset + PUBLISHED_SUFFIX)}"
 
 
 def _is_view(conn: duckdb.DuckDBPyConnection, name: str, schema: str = PUBLISHED_SCHEMA) -> bool:
@@ -61,23 +58,23 @@ def view_select(conn: duckdb.DuckDBPyConnection, relation: str, contract_types: 
     parts = []
     for name, sql_type in contract_types.items():
         if name not in present:
-            parts.append(f"cast(null as {sql_type}) as {_ident(name)}")
+            parts.append(f"cast(null as {sql_type}) as {quoted(name)}")
         elif present[name] == sql_type.upper():
-            parts.append(_ident(name))
+            parts.append(quoted(name))
         else:
-            parts.append(f"cast({_ident(name)} as {sql_type}) as {_ident(name)}")
+            parts.append(f"cast({quoted(name)} as {sql_type}) as {quoted(name)}")
     return f"select {', '.join(parts)} from {relation}"
 
 
 def publishable_as_is(conn: duckdb.DuckDBPyConnection, dataset: str, contract_types: Mapping[str, str]) -> bool:
     """Whether every contract column of ``audit.<dataset>`` already has its contract type
     (missing columns publish as nulls either way)."""
-    present = _column_types(conn, f"{AUDIT_SCHEMA}.{_ident(dataset)}")
+    present = _column_types(conn, f"{AUDIT_SCHEMA}.{quoted(dataset)}")
     return all(present[n] == t.upper() for n, t in contract_types.items() if n in present)
 
 
 def _point_view(conn: duckdb.DuckDBPyConnection, dataset: str, relation: str, contract_types: Mapping[str, str]) -> None:
-    view = f"{PUBLISHED_SCHEMA}.{_ident(dataset)}"
+    view = f"{PUBLISHED_SCHEMA}.{quoted(dataset)}"
     if table_exists(conn, dataset) and not _is_view(conn, dataset):
         conn.execute(f"drop table {view}")  # a warehouse from before published views
     conn.execute(f"create or replace view {view} as {view_select(conn, relation, contract_types)}")
@@ -91,12 +88,12 @@ def publish_load(
     Returns the published row count and how it was published (``as_is`` or ``parsed``)."""
     conn.execute(f"drop table if exists {published_table(dataset)}")  # rows of an earlier publish
     if publishable_as_is(conn, dataset, contract_types):
-        source, how = f"{AUDIT_SCHEMA}.{_ident(dataset)}", "as_is"
+        source, how = f"{AUDIT_SCHEMA}.{quoted(dataset)}", "as_is"
     else:
         conn.execute(f"create table {published_table(dataset)} as {typed_select}")
         source, how = published_table(dataset), "parsed"
     _point_view(conn, dataset, source, contract_types)
-    rows = conn.execute(f"select count(*) from {PUBLISHED_SCHEMA}.{_ident(dataset)}").fetchone()[0]
+    rows = conn.execute(f"select count(*) from {PUBLISHED_SCHEMA}.{quoted(dataset)}").fetchone()[0]
     return int(rows), how
 
 
@@ -107,8 +104,9 @@ def retire_published_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> None
         return
     if table_exists(conn, dataset + PUBLISHED_SUFFIX, AUDIT_SCHEMA):
         return  # the view already reads the published table; audit.<dataset> is a later load
-    contract_types = {name: column_type.lower() for name, column_type in _column_types(conn, f"{PUBLISHED_SCHEMA}.{_ident(dataset)}").items()}
-    conn.execute(f"alter table {AUDIT_SCHEMA}.{_ident(dataset)} rename to {_ident(dataset + PUBLISHED_SUFFIX)}")
+    view_types = _column_types(conn, f"{PUBLISHED_SCHEMA}.{quoted(dataset)}")  # the contract's, as published
+    contract_types = {name: column_type.lower() for name, column_type in view_types.items()}
+    conn.execute(f"alter table {AUDIT_SCHEMA}.{quoted(dataset)} rename to {quoted(dataset + PUBLISHED_SUFFIX)}")
     _point_view(conn, dataset, published_table(dataset), contract_types)
 
 
@@ -117,5 +115,5 @@ def published_rows(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
     if table_exists(conn, dataset + PUBLISHED_SUFFIX, AUDIT_SCHEMA):
         return published_table(dataset)
     if _is_view(conn, dataset):
-        return f"{AUDIT_SCHEMA}.{_ident(dataset)}"
-    return f"{PUBLISHED_SCHEMA}.{_ident(dataset)}"  # a warehouse from before published views
+        return f"{AUDIT_SCHEMA}.{quoted(dataset)}"
+    return f"{PUBLISHED_SCHEMA}.{quoted(dataset)}"  # a warehouse from before published views
