@@ -36,7 +36,7 @@ from dagster_duckdb import DuckDBResource
 
 from cross_sell.ingest.landing import LandingReport, land
 from cross_sell.resources import InputFiles
-from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, table_columns, transaction, uri
+from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, quoted, table_columns, transaction, uri
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 PROCESSED = "processed"
@@ -184,13 +184,13 @@ def add_landed_files(
     order = list(dict.fromkeys(name for found in types for name in found))
     text = {n for n in order if len({found[n] for found in types if n in found}) > 1}
     for name in (n for n in text if n in types[0] and types[0][n] != "VARCHAR"):
-        conn.execute(f"alter table {AUDIT_SCHEMA}.{table} alter {_quoted(name)} type varchar")
+        conn.execute(f"alter table {AUDIT_SCHEMA}.{table} alter {quoted(name)} type varchar")
     for name in (n for n in order if n not in types[0]):  # a column only landing files have
-        conn.execute(f"alter table {AUDIT_SCHEMA}.{table} add column {_quoted(name)} varchar")
+        conn.execute(f"alter table {AUDIT_SCHEMA}.{table} add column {quoted(name)} varchar")
 
     def select(part: str, found: dict[str, str], rank: int) -> str:
         columns = ", ".join(
-            f"{_quoted(n)}::varchar as {_quoted(n)}" if n in text and found[n] != "VARCHAR" else _quoted(n) for n in found
+            f"{quoted(n)}::varchar as {quoted(n)}" if n in text and found[n] != "VARCHAR" else quoted(n) for n in found
         )
         return f"select {columns}, {rank} as _rank from {AUDIT_SCHEMA}.{part}"
 
@@ -204,7 +204,7 @@ def add_landed_files(
     read = dict(conn.execute("select _source_file, count(*) from _landed group by 1").fetchall())
     replaced: dict[str, int] = {}
     if KEY_COLUMN in order:
-        key = _quoted(KEY_COLUMN)
+        key = quoted(KEY_COLUMN)
         # Keys of the history that a landing file holds too (rank 0): a hash join on the few landed keys.
         conn.execute(
             f"create or replace temp table _landed_keys as select distinct {key} as k from _landed where {key} is not null"
@@ -251,10 +251,6 @@ def add_landed_files(
         missing_columns=[c for c in contract_columns if c not in received],
         rejected_lines=rejected,
     )
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def land_delta(

@@ -33,7 +33,7 @@ from pathlib import Path
 import duckdb
 
 from cross_sell.ingest.publication import retire_published_load
-from cross_sell.warehouse import AUDIT_SCHEMA, table_columns
+from cross_sell.warehouse import AUDIT_SCHEMA, quoted, table_columns
 
 SUFFIXES = (".parquet", ".csv", ".csv.gz")
 
@@ -144,10 +144,6 @@ def _csv_scan(files: list[Path], columns: list[str], n: int, delimiter: str) -> 
     )
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _parquet_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], contract_types: Mapping[str, str]) -> str:
     """Parquet files as one relation: contract columns whose Parquet type the contract reads
     exactly (:data:`NATIVE_TYPES`) typed as the contract, every other column as text, plus the
@@ -158,11 +154,11 @@ def _parquet_relation(conn: duckdb.DuckDBPyConnection, files: list[Path], contra
     for name, column_type, *_ in described:
         wanted = contract_types.get(name, "")
         if column_type == wanted.upper():
-            columns.append(_quoted(name))
+            columns.append(quoted(name))
         elif column_type in NATIVE_TYPES.get(wanted, frozenset()):
-            columns.append(f"{_quoted(name)}::{wanted} as {_quoted(name)}")  # widened, exactly
+            columns.append(f"{quoted(name)}::{wanted} as {quoted(name)}")  # widened, exactly
         else:
-            columns.append(f"{_quoted(name)}::varchar as {_quoted(name)}")
+            columns.append(f"{quoted(name)}::varchar as {quoted(name)}")
     return f"select {', '.join(columns)}, filename as _source_file from {scan}"
 
 

@@ -49,6 +49,7 @@ from cross_sell.serving.semantic import (
     comment_statements,
     income_band_labels,
 )
+from cross_sell.warehouse import quoted
 
 MASKING_KEY_ENV = "CROSS_SELL_MASKING_KEY"
 KEY_TABLE = "audit.masking_key"
@@ -338,10 +339,6 @@ class _Scanned:
     columns: dict[str, str]  # column name -> 'text', 'number' or 'other'
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def find_pii_leaks(
     conn: duckdb.DuckDBPyConnection, database: Path, model: SemanticModel = MODEL
 ) -> list[Leak]:
@@ -389,7 +386,7 @@ def find_pii_leaks(
                 ((i, 1, j), Leak(relation, c, "personal column", 0, f"column named like the personal column {c}"))
                 for j, c in enumerate(columns) if c in pii.columns
             ]
-            scanned.append(_Scanned(relation, f"{alias}.{_ident(schema)}.{_ident(name)}", columns))
+            scanned.append(_Scanned(relation, f"{alias}.{quoted(schema)}.{quoted(name)}", columns))
         _value_table(conn, scanned)
         ranges = _number_ranges(conn, scanned)
         found += _identifier_leaks(conn, scanned, ranges)
@@ -408,8 +405,8 @@ def _value_table(conn: duckdb.DuckDBPyConnection, scanned: list[_Scanned]) -> No
     """``_pii_values``: every distinct value of every text column with its row count, keyed by
     relation and column position (one grouped pass per column, all in one statement)."""
     parts = [
-        f"select {i} as rel, {j} as col, r.{_ident(c)} as value, count(*) as n from {s.qualified} r "
-        f"where r.{_ident(c)} is not null group by all"
+        f"select {i} as rel, {j} as col, r.{quoted(c)} as value, count(*) as n from {s.qualified} r "
+        f"where r.{quoted(c)} is not null group by all"
         for i, s in enumerate(scanned)
         for j, (c, kind) in enumerate(s.columns.items())
         if kind == "text"
@@ -431,7 +428,7 @@ def _number_ranges(conn: duckdb.DuckDBPyConnection, scanned: list[_Scanned]) -> 
         numbers = [(j, c) for j, (c, kind) in enumerate(s.columns.items()) if kind == "number"]
         if not numbers:
             continue
-        aggregates = ", ".join(f"min(cast(r.{_ident(c)} as double)), max(cast(r.{_ident(c)} as double))" for _, c in numbers)
+        aggregates = ", ".join(f"min(cast(r.{quoted(c)} as double)), max(cast(r.{quoted(c)} as double))" for _, c in numbers)
         row = conn.execute(f"select {aggregates} from {s.qualified} r").fetchone()
         for k, (j, _) in enumerate(numbers):
             ranges[(i, j)] = (row[2 * k], row[2 * k + 1])
@@ -469,14 +466,14 @@ def _identifier_leaks(
     probes = [(key, scanned[key[0]], list(scanned[key[0]].columns)[key[1]]) for key, span in ranges.items() if _may_meet(span, digits)]
     if probes:
         counts = conn.execute("select " + ", ".join(
-            f"(select count(*) from {s.qualified} r semi join _pii_identifiers i on cast(r.{_ident(c)} as double) = i.number)"
+            f"(select count(*) from {s.qualified} r semi join _pii_identifiers i on cast(r.{quoted(c)} as double) = i.number)"
             for _, s, c in probes
         )).fetchone()  # one round trip
         for (key, s, c), n in zip(probes, counts):
             if n:
                 hits[key] = n
                 kinds[key] = [k for (k,) in conn.execute(
-                    f"select distinct i.kind from {s.qualified} r join _pii_identifiers i on cast(r.{_ident(c)} as double) = i.number order by 1"
+                    f"select distinct i.kind from {s.qualified} r join _pii_identifiers i on cast(r.{quoted(c)} as double) = i.number order by 1"
                 ).fetchall()]
     for (rel, col), n in hits.items():
         s = scanned[rel]
@@ -493,7 +490,7 @@ def _identifier_leaks(
 
 
 def _text(column: str, table: str = "r") -> str:
-    return f"cast({table}.{_ident(column)} as varchar)"
+    return f"cast({table}.{quoted(column)} as varchar)"
 
 
 # What may start a text that DuckDB reads as a number: after leading whitespace, anything but a
@@ -513,11 +510,11 @@ def _attribute_sets(conn: duckdb.DuckDBPyConnection, attributes: dict[str, bool]
     ``_pii_attribute_numbers`` (the numeric attributes' values as numbers, distinct), from
     ``_pii_linked``; returns each numeric attribute's range."""
     texts = [
-        f"select distinct {_literal(a)} as attribute, {_ident(a + '__text')} as text from _pii_linked where {_ident(a + '__text')} is not null"
+        f"select distinct {_literal(a)} as attribute, {quoted(a + '__text')} as text from _pii_linked where {quoted(a + '__text')} is not null"
         for a in attributes
     ] or ["select null::varchar as attribute, null::varchar as text where false"]
     numbers = [
-        f"select distinct {_literal(a)} as attribute, {_ident(a + '__number')} as number from _pii_linked where {_ident(a + '__number')} is not null"
+        f"select distinct {_literal(a)} as attribute, {quoted(a + '__number')} as number from _pii_linked where {quoted(a + '__number')} is not null"
         for a, numeric in attributes.items() if numeric
     ] or ["select null::varchar as attribute, null::double as number where false"]
     conn.execute("create or replace temp table _pii_attribute_texts as " + " union all ".join(texts))
@@ -559,7 +556,7 @@ def _linked_leaks(
     if probes:
         exists = conn.execute("select " + ", ".join(
             f"(select exists (select 1 from {scanned[i].qualified} r semi join _pii_attribute_numbers p "
-            f"on p.attribute = {_literal(a)} and cast(r.{_ident(c)} as double) = p.number))"
+            f"on p.attribute = {_literal(a)} and cast(r.{quoted(c)} as double) = p.number))"
             for i, j, c, a in probes
         )).fetchone()  # one round trip
         possible |= {(i, j, a) for (i, j, _, a), hit in zip(probes, exists) if hit}
@@ -572,10 +569,10 @@ def _linked_leaks(
                 if (i, j, a) not in possible:
                     continue
                 if kind == "text":
-                    number = f' or (p."{a}__number" is not null and try_cast(r.{_ident(c)} as double) = p."{a}__number")' if numeric else ""
-                    condition = f'r.{_ident(c)} = p."{a}__text"{number}'
+                    number = f' or (p."{a}__number" is not null and try_cast(r.{quoted(c)} as double) = p."{a}__number")' if numeric else ""
+                    condition = f'r.{quoted(c)} = p."{a}__text"{number}'
                 else:
-                    condition = f'cast(r.{_ident(c)} as double) = p."{a}__number"'
+                    condition = f'cast(r.{quoted(c)} as double) = p."{a}__number"'
                 pairs.append((j, k, c, a, condition))
         if not pairs:
             continue
