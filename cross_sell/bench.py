@@ -5,7 +5,10 @@ What it does, in order:
 1. generates a dataset of the requested size with :mod:`cross_sell.generate` in a child process
    (so its memory does not count against the graph);
 2. materializes the whole asset graph the way users do, with ``dagster.materialize`` on a fresh
-   DuckDB file, and records each step's wall time from the run's events;
+   DuckDB file, and records each step's wall time from the run's events, and its CPU seconds and
+   peak memory from samples of the process (the CPU time says how many cores a step kept busy,
+   and the whole run's CPU time divided by the cores is the least wall time this work could
+   take on this machine, however well it overlapped);
 3. measures the floor: one DuckDB aggregation pass over the same purchase file;
 4. optionally runs mlxtend's ``apriori`` + ``association_rules`` on the same customer x category
    data, checks that both give the same support, confidence and lift for every pair (to 1e-9),
@@ -28,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dagster as dg
@@ -50,15 +53,19 @@ class StepTiming:
     seconds: float
     start: float = 0.0  # epoch seconds
     end: float = 0.0
+    cpu: float | None = None  # process CPU seconds during the step (sampled), when known
 
 
 class RssSampler:
-    """Samples this process's resident set size every ``interval`` seconds in a thread, so each
-    step's peak can be read off afterwards (ru_maxrss only knows the whole run's)."""
+    """Samples this process's resident set size and CPU time every ``interval`` seconds in a
+    thread, so each step's peak memory and CPU seconds can be read off afterwards (ru_maxrss and
+    the run's total only know the whole run). The CPU time is the whole process's, every thread
+    included: DuckDB's and the BLAS/OpenMP workers run in it."""
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int]] = []  # (epoch seconds, RSS bytes)
+        self.cpu: list[tuple[float, float]] = []  # (epoch seconds, process CPU seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -67,12 +74,17 @@ class RssSampler:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    def _sample(self) -> None:
+        now, cpu = time.time(), time.process_time()
+        self.cpu.append((now, cpu))
+        try:
+            self.samples.append((now, self.current()))
+        except OSError:  # not Linux: no memory figures
+            pass
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.samples.append((time.time(), self.current()))
-            except OSError:  # not Linux: no per-step figures
-                return
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
@@ -82,10 +94,19 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()  # the last one: whatever ended inside the block is covered
 
     def peak(self, start: float, end: float) -> int | None:
         inside = [rss for t, rss in self.samples if start <= t <= end]
         return max(inside) if inside else None
+
+    def cpu_seconds(self, start: float, end: float) -> float | None:
+        """Process CPU seconds between two epoch times, interpolated between the samples around
+        them (None when the samples do not cover the span)."""
+        if len(self.cpu) < 2 or start < self.cpu[0][0] or end > self.cpu[-1][0]:
+            return None
+        times, cpus = np.array(self.cpu).T
+        return float(np.interp(end, times, cpus) - np.interp(start, times, cpus))
 
 
 def peak_rss_bytes() -> int:
@@ -133,28 +154,43 @@ def step_groups() -> dict[str, str]:
     return groups
 
 
-def group_rows(timings: list[StepTiming], total: float) -> list[list[str]]:
-    """Wall time per asset group, in the order the groups first ran, and what no step accounts for
-    (Dagster's own work between steps)."""
+def _cpu_cell(seconds: float | None) -> str:
+    return f"{seconds:.2f}" if seconds is not None else "n/a"
+
+
+def group_rows(timings: list[StepTiming], total: float, total_cpu: float | None = None) -> list[list[str]]:
+    """Wall and CPU time per asset group, in the order the groups first ran, and what no step
+    accounts for (Dagster's own work between steps)."""
     groups = step_groups()
     seconds: dict[str, float] = {}
+    cpu: dict[str, float | None] = {}
     steps: dict[str, int] = {}
     for t in timings:
         group = groups.get(t.step, "other")
         seconds[group] = seconds.get(group, 0.0) + t.seconds
+        known = cpu.get(group, 0.0)
+        cpu[group] = known + t.cpu if known is not None and t.cpu is not None else None
         steps[group] = steps.get(group, 0) + 1
-    rows = [[g, str(steps[g]), f"{s:.2f}", f"{s / total:.0%}"] for g, s in seconds.items()]
+    rows = [[g, str(steps[g]), f"{s:.2f}", f"{s / total:.0%}", _cpu_cell(cpu[g])] for g, s in seconds.items()]
     between = total - sum(seconds.values())
-    return [*rows, ["(between steps)", "", f"{between:.2f}", f"{between / total:.0%}"]]
+    known = [c for c in cpu.values() if c is not None]
+    between_cpu = total_cpu - sum(known) if total_cpu is not None and len(known) == len(cpu) else None
+    return [*rows, ["(between steps)", "", f"{between:.2f}", f"{between / total:.0%}", _cpu_cell(between_cpu)]]
 
 
-def run_graph(
-    data_dir: Path, warehouse: Path, instance: dg.DagsterInstance
-) -> tuple[dg.ExecuteInProcessResult, float]:
+@dataclass(frozen=True)
+class GraphRun:
+    result: dg.ExecuteInProcessResult
+    seconds: float  # wall time of the materialization
+    start: float  # epoch seconds, for reading the samples
+    end: float
+
+
+def run_graph(data_dir: Path, warehouse: Path, instance: dg.DagsterInstance) -> GraphRun:
     """Materialize every asset and check on a fresh warehouse, as a user's run would."""
     from cross_sell.definitions import ASSETS, CHECKS
 
-    started = time.perf_counter()
+    start, started = time.time(), time.perf_counter()
     result = dg.materialize(
         [*ASSETS, *CHECKS],
         resources={"duckdb": DuckDBResource(database=str(warehouse)), "input_files": InputFiles(location=str(data_dir))},
@@ -162,7 +198,7 @@ def run_graph(
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         raise_on_error=False,
     )
-    return result, time.perf_counter() - started
+    return GraphRun(result, time.perf_counter() - started, start, time.time())
 
 
 def floor_seconds(data_dir: Path) -> float:
@@ -292,22 +328,26 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = peak_rss_bytes()
         instance = dg.DagsterInstance.ephemeral()
         with RssSampler() as sampler:
-            result, total = run_graph(data_dir, warehouse, instance)
+            run = run_graph(data_dir, warehouse, instance)
+        result, total = run.result, run.seconds
         peak = peak_rss_bytes()
         if not result.success:
             print("the run FAILED:", [e.step_key for e in result.get_step_failure_events()])
             return 1
-        timings = step_timings(instance, result.run_id)
+        timings = [replace(t, cpu=sampler.cpu_seconds(t.start, t.end)) for t in step_timings(instance, result.run_id)]
+        total_cpu = sampler.cpu_seconds(run.start, run.end)
         floor = floor_seconds(data_dir)
         rows = []
         for t in timings:
             step_peak = sampler.peak(t.start, t.end)
-            rows.append([t.step, f"{t.seconds:.2f}", f"{t.seconds / total:.0%}",
+            rows.append([t.step, f"{t.seconds:.2f}", f"{t.seconds / total:.0%}", _cpu_cell(t.cpu),
+                         f"{t.cpu / t.seconds:.2f}" if t.cpu is not None and t.seconds > 0 else "n/a",
                          f"{step_peak / GIB:.2f}" if step_peak is not None else "n/a"])
-        print(table(rows, ["step", "wall s", "share", "peak RSS GiB (sampled)"]))
+        print(table(rows, ["step", "wall s", "share", "CPU s", "cores busy", "peak RSS GiB (sampled)"]))
         print()
-        print(table(group_rows(timings, total), ["asset group", "steps", "wall s", "share"]))
+        print(table(group_rows(timings, total, total_cpu), ["asset group", "steps", "wall s", "share", "CPU s"]))
         print()
+        cores = os.cpu_count() or 1
         summary = [
             ["purchase lines", f"{args.purchases:,}"],
             ["whole graph wall time", f"{total:.1f} s"],
@@ -316,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             ["floor: one DuckDB aggregation pass", f"{floor:.2f} s"],
             ["graph / floor", f"{total / floor:.1f}x"],
         ]
+        if total_cpu is not None:
+            summary += [
+                ["CPU time, whole graph (this process, every thread)",
+                 f"{total_cpu:.1f} s ({total_cpu / total:.2f} of {cores} cores busy on average)"],
+                ["wall time if every core were busy throughout (CPU / cores)", f"{total_cpu / cores:.1f} s"],
+            ]
         if not args.no_mlxtend:
             affinity_step = next((t.seconds for t in timings if t.step == "product_affinity"), float("nan"))
             try:

@@ -3,6 +3,7 @@ are printed, never asserted: this only checks that the command works and its tab
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -38,3 +39,16 @@ def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys
     assert sum(groups.values()) == pytest.approx(total, abs=0.15)  # the groups and the gap between steps
     assert sum(steps.values()) == pytest.approx(total - groups["(between steps)"], abs=0.15)
     assert re.search(r"graph / floor +\| [0-9.]+x", output)
+
+    # CPU seconds: every step and group has a figure, the groups add up to the whole run's, and
+    # no step kept more cores busy than the machine has.
+    cores = os.cpu_count() or 1
+    step_rows = _table(output, "step")
+    assert all(row[3] != "n/a" and row[4] != "n/a" for row in step_rows), step_rows
+    assert all(float(row[4]) <= cores + 0.5 for row in step_rows)  # sampling error: a tenth of a second
+    cpu = float(re.search(r"CPU time, whole graph[^|]*\| ([0-9.]+) s", output).group(1))
+    group_cpu = [float(row[4]) for row in _table(output, "asset group")]
+    assert sum(group_cpu) == pytest.approx(cpu, abs=0.1)  # cells rounded to 0.01 s, the total to 0.1 s
+    assert 0 < cpu <= cores * total + 0.5
+    bound = float(re.search(r"every core were busy throughout \(CPU / cores\) +\| ([0-9.]+) s", output).group(1))
+    assert bound == pytest.approx(cpu / cores, abs=0.1)
