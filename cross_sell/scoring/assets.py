@@ -23,7 +23,7 @@ from cross_sell.quality import (
 )
 from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
-from cross_sell.scoring.logic import reason_rules, recommendation_reasons, rule_matrices, top_n
+from cross_sell.scoring.logic import reason_rules_at, recommendation_reasons, rule_matrices, top_n
 from cross_sell.warehouse import PUBLISHED_SCHEMA, connect, markdown, transaction, uri
 
 OWNER = "team:customer-analytics"
@@ -345,7 +345,7 @@ def cross_sell_recommendations(
         with np.errstate(invalid="ignore"):
             typical = np.nan_to_num(np.nanmean(score, axis=0)) if score.size else np.zeros(len(categories))
         ci, rank, ki = top_n(score, config.top_n)
-        behind = reason_rules(owned, lift)[ci, ki]
+        behind = reason_rules_at(owned, lift, ci, ki)
         chosen = score[ci, ki]
         frame = pd.DataFrame(
             {

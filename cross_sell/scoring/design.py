@@ -26,12 +26,15 @@ the model's own ``predict_proba`` on a sample of rows.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
+from cross_sell.parallel import for_each_slice
 from cross_sell.scoring.features import (
     CANDIDATE,
     CUSTOMER_CATEGORICAL,
@@ -224,26 +227,33 @@ class FeatureEncoder:
         position = {c: i for i, c in enumerate(profiles.categories)}
         m = _row_count(rows, profiles.shape[0])
         by_feature = np.empty((len(self.customer_names), m), dtype=np.int16)
-        j = 0
-        for name in CUSTOMER_NUMERIC:
+        fill: list[Callable[[], None]] = []  # one per feature, in customer_names order; each writes its row
+
+        def numeric(j: int, name: str) -> None:
             by_feature[j] = _bins(customer[name].to_numpy()[rows], self.edges[name])
-            j += 1
-        for name in CUSTOMER_CATEGORICAL:
+
+        def categorical(j: int, name: str) -> None:
             cat = customer[name].array
             known = {v: i for i, v in enumerate(self.vocab[name])}
             lookup = np.asarray([known.get(str(v), len(known)) for v in cat.categories] + [len(known)], dtype=np.int16)
             by_feature[j] = lookup[cat.codes[rows]]  # code -1 (missing) reads the last entry
-            j += 1
-        for share, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
-            by_category = np.ascontiguousarray(share[rows].T)  # one category's shares side by side
-            for c in self.categories:
-                edges = self.edges[column(c)]
-                by_feature[j] = _bins(np.zeros(1), edges)[0]
-                k = position.get(c)
-                if k is not None:  # shares are 0 for every category a customer never bought: bin the rest
-                    bought = np.flatnonzero(by_category[k])
-                    by_feature[j, bought] = _bins(by_category[k, bought], edges)
-                j += 1
+
+        def share(j: int, by_category: np.ndarray, edges: np.ndarray, k: int | None) -> None:
+            by_feature[j] = _bins(np.zeros(1), edges)[0]
+            if k is not None:  # shares are 0 for every category a customer never bought: bin the rest
+                bought = np.flatnonzero(by_category[k])
+                by_feature[j, bought] = _bins(by_category[k, bought], edges)
+
+        fill += [partial(numeric, len(fill) + i, name) for i, name in enumerate(CUSTOMER_NUMERIC)]
+        fill += [partial(categorical, len(fill) + i, name) for i, name in enumerate(CUSTOMER_CATEGORICAL)]
+        for shares, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
+            by_category = np.ascontiguousarray(shares[rows].T)  # one category's shares side by side
+            fill += [
+                partial(share, len(fill) + i, by_category, self.edges[column(c)], position.get(c))
+                for i, c in enumerate(self.categories)
+            ]
+        # The features are independent: they are coded on every core.
+        for_each_slice(lambda start, stop: [fill[j]() for j in range(start, stop)], len(fill), 1)
         for j, name in enumerate(self.customer_names):
             if name in self.constant:
                 by_feature[j] = 0
@@ -279,6 +289,7 @@ class FeatureEncoder:
 
 
 GRID_ROWS = 200_000
+_PER_SET_LOCK = threading.Lock()
 
 
 @dataclass
@@ -347,19 +358,20 @@ class AdditiveTables:
         chunks that follow); None when the pair features carry no sets."""
         if pairs.profile_of is None or not pairs.by_profile:
             return None
-        cached = pairs.cache.get("per_owned_set")
-        if cached is not None and cached[0] is self and cached[1] is encoder:
-            return cached[2]
-        candidate = encoder.candidate_codes(profiles).astype(np.int64)
-        total = np.zeros(next(iter(pairs.by_profile.values())).shape, dtype=np.float64)
-        for offset, name in enumerate(PAIR_NUMERIC, start=1):
-            if name in pairs.by_profile:
-                codes = np.zeros(total.shape, dtype=np.int16) if name in encoder.constant else _bins(
-                    pairs.by_profile[name], encoder.edges[name]
-                )
-                total += self._pair_contribution(offset, candidate, codes)
-        pairs.cache["per_owned_set"] = (self, encoder, total)  # one model's sums at a time
-        return total
+        with _PER_SET_LOCK:  # chunks scored on parallel threads wait for the first to fill the cache
+            cached = pairs.cache.get("per_owned_set")
+            if cached is not None and cached[0] is self and cached[1] is encoder:
+                return cached[2]
+            candidate = encoder.candidate_codes(profiles).astype(np.int64)
+            total = np.zeros(next(iter(pairs.by_profile.values())).shape, dtype=np.float64)
+            for offset, name in enumerate(PAIR_NUMERIC, start=1):
+                if name in pairs.by_profile:
+                    codes = np.zeros(total.shape, dtype=np.int16) if name in encoder.constant else _bins(
+                        pairs.by_profile[name], encoder.edges[name]
+                    )
+                    total += self._pair_contribution(offset, candidate, codes)
+            pairs.cache["per_owned_set"] = (self, encoder, total)  # one model's sums at a time
+            return total
 
     def _customer_contribution(self, candidate: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """(customers, profile categories): what the customer-level features add, for a (customers,

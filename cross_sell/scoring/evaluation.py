@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cross_sell.parallel import for_each_slice
 from cross_sell.scoring.logic import top_n
 
 MODEL = "model"
@@ -141,6 +142,34 @@ def _auc(label: np.ndarray, score: np.ndarray, order: np.ndarray | None = None) 
     return float(grouped_auc(label, score, np.zeros(len(label), dtype=np.int64), 1, order)[0])
 
 
+def _scorer_summary(
+    name: str, row_score: np.ndarray, label: np.ndarray, ki: np.ndarray, row_customer: np.ndarray,
+    label_matrix: np.ndarray, k: int,
+) -> tuple[dict, np.ndarray]:
+    """One scorer's summary row and its AUC per category."""
+    n, kk = label_matrix.shape
+    matrix = np.full((n, kk), np.nan)
+    matrix[row_customer, ki] = row_score
+    recall, precision, buyers = ranking_metrics(matrix, label_matrix, k)
+    # One sort of the scores serves both AUCs and the calibration bins (clipping to 0..1 keeps
+    # the order).
+    order = np.argsort(row_score)
+    aucs = grouped_auc(label, row_score, ki, kk, order)
+    clipped = np.clip(row_score, 0.0, 1.0)
+    row = {
+        "scorer": name,
+        "roc_auc": _auc(label, row_score, order),
+        "macro_category_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
+        "recall_at_k": recall,
+        "precision_at_k": precision,
+        # Brier score: the mean squared gap between probability and outcome (as sklearn's
+        # brier_score_loss, without its label checks over millions of rows)
+        "brier": float(np.mean(np.square(clipped - label))) if len(label) else float("nan"),
+        "calibration_error": calibration_error(clipped, label.astype(np.float64), order=order),
+    }
+    return row, aucs
+
+
 def evaluate(
     scores: dict[str, np.ndarray],
     ci: np.ndarray,
@@ -155,30 +184,16 @@ def evaluate(
     n, kk = len(customers), len(categories)
     label_matrix = np.zeros((n, kk), dtype=bool)
     label_matrix[row_customer, ki] = label
-    summary, per_category = [], {}
-    for name, row_score in scores.items():
-        matrix = np.full((n, kk), np.nan)
-        matrix[row_customer, ki] = row_score
-        recall, precision, buyers = ranking_metrics(matrix, label_matrix, k)
-        # One sort of the scores serves both AUCs and the calibration bins (clipping to 0..1 keeps
-        # the order).
-        order = np.argsort(row_score)
-        aucs = grouped_auc(label, row_score, ki, kk, order)
-        per_category[f"auc_{name}"] = aucs
-        clipped = np.clip(row_score, 0.0, 1.0)
-        summary.append(
-            {
-                "scorer": name,
-                "roc_auc": _auc(label, row_score, order),
-                "macro_category_auc": float(np.nanmean(aucs)) if np.isfinite(aucs).any() else float("nan"),
-                "recall_at_k": recall,
-                "precision_at_k": precision,
-                # Brier score: the mean squared gap between probability and outcome (as sklearn's
-                # brier_score_loss, without its label checks over millions of rows)
-                "brier": float(np.mean(np.square(clipped - label))) if len(label) else float("nan"),
-                "calibration_error": calibration_error(clipped, label.astype(np.float64), order=order),
-            }
-        )
+    names = list(scores)
+    results: list[tuple[dict, np.ndarray] | None] = [None] * len(names)
+
+    def evaluate_scorers(start: int, stop: int) -> None:  # the scorers are independent: one per thread
+        for i in range(start, stop):
+            results[i] = _scorer_summary(names[i], scores[names[i]], label, ki, row_customer, label_matrix, k)
+
+    for_each_slice(evaluate_scorers, len(names), 1)
+    summary = [row for row, _ in results]
+    per_category = {f"auc_{name}": aucs for name, (_, aucs) in zip(names, results)}
     rows = np.bincount(ki, minlength=kk)
     positives = np.bincount(ki, weights=label.astype(np.float64), minlength=kk).astype(np.int64)
     by_category = pd.DataFrame({"category": categories, "rows": rows, "positives": positives, **per_category})

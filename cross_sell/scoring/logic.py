@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cross_sell.parallel import for_each_slice
+
 NO_RULE = -1
 
 
@@ -69,25 +71,38 @@ def rule_scores(owned: np.ndarray, confidence: np.ndarray, base_rate: np.ndarray
     return RuleScores(score=score, antecedent=antecedent)
 
 
+# Customers per block of top_n.
+TOP_N_BLOCK_ROWS = 65_536
+
+
 def top_n(score: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best ``n`` unbought categories per customer: (customer index, rank 1..n, category index).
 
-    Ties go to the category that sorts first by name (categories are indexed in name order)."""
-    masked = np.where(np.isnan(score), -np.inf, score)
-    if 4 * n < score.shape[1]:  # a few picks of many: n passes of argmax (first maximum = first by name)
-        rows = np.arange(score.shape[0])
-        order = np.empty((score.shape[0], n), dtype=np.intp)
-        chosen = np.empty((score.shape[0], n), dtype=masked.dtype)
-        for rank in range(n):
-            order[:, rank] = np.argmax(masked, axis=1)
-            chosen[:, rank] = masked[rows, order[:, rank]]
-            masked[rows, order[:, rank]] = -np.inf
-    else:
-        order = np.argsort(-masked, axis=1, kind="stable")[:, :n]
-        chosen = np.take_along_axis(masked, order, axis=1)
+    Ties go to the category that sorts first by name (categories are indexed in name order).
+    Customers are ranked in blocks, on every core."""
+    m, k = score.shape
+    width = min(n, k)
+    order = np.empty((m, width), dtype=np.intp)
+    chosen = np.empty((m, width), dtype=score.dtype if np.issubdtype(score.dtype, np.floating) else np.float64)
+
+    def block(start: int, stop: int) -> None:  # writes rows start..stop of order and chosen only
+        masked = np.where(np.isnan(score[start:stop]), -np.inf, score[start:stop])
+        if 4 * n < k:  # a few picks of many: n passes of argmax (first maximum = first by name)
+            rows = np.arange(stop - start)
+            for rank in range(n):
+                pick = np.argmax(masked, axis=1)
+                order[start:stop, rank] = pick
+                chosen[start:stop, rank] = masked[rows, pick]
+                masked[rows, pick] = -np.inf
+        else:
+            best = np.argsort(-masked, axis=1, kind="stable")[:, :n]
+            order[start:stop] = best
+            chosen[start:stop] = np.take_along_axis(masked, best, axis=1)
+
+    for_each_slice(block, m, TOP_N_BLOCK_ROWS)
     valid = np.isfinite(chosen)
-    customers = np.repeat(np.arange(score.shape[0]), order.shape[1]).reshape(order.shape)
-    ranks = np.tile(np.arange(1, order.shape[1] + 1), (score.shape[0], 1))
+    customers = np.repeat(np.arange(m), width).reshape(order.shape)
+    ranks = np.tile(np.arange(1, width + 1), (m, 1))
     return customers[valid], ranks[valid], order[valid]
 
 
@@ -133,19 +148,29 @@ def strongest_rule(owned: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray,
     return _strongest_rule(owned, strength)
 
 
+# Rows per block of _strongest_rule: a block's working set stays in cache, and blocks run in parallel.
+RULE_BLOCK_ROWS = 16_384
+
+
 def _strongest_rule(owned: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, k = owned.shape
     best = np.zeros((n, k), dtype=np.float32)
     which = np.full((n, k), NO_RULE, dtype=np.int32)
-    for a in range(k):  # k categories, each step vectorised over the customers who own a
-        holders = np.flatnonzero(owned[:, a])
-        if holders.size == 0:
-            continue
-        candidate = strength[a].astype(np.float32)[None, :]
-        current = best[holders]
-        better = candidate > current
-        best[holders] = np.where(better, candidate, current)
-        which[holders] = np.where(better, a, which[holders])
+    candidates = strength.astype(np.float32)
+
+    def block(start: int, stop: int) -> None:  # writes rows start..stop of best and which only
+        block_owned, block_best, block_which = owned[start:stop], best[start:stop], which[start:stop]
+        for a in range(k):  # k categories, each step vectorised over the rows that own a
+            holders = np.flatnonzero(block_owned[:, a])
+            if holders.size == 0:
+                continue
+            candidate = candidates[a][None, :]
+            current = block_best[holders]
+            better = candidate > current
+            block_best[holders] = np.where(better, candidate, current)
+            block_which[holders] = np.where(better, a, block_which[holders])
+
+    for_each_slice(block, n, RULE_BLOCK_ROWS)
     return best, which
 
 
@@ -154,6 +179,18 @@ def reason_rules(owned: np.ndarray, lift: np.ndarray) -> np.ndarray:
     lift towards it, if that lift is above 1 (a rule that raises the odds); else ``NO_RULE``."""
     best, which = strongest_rule(owned, lift)
     return np.where(best > 1.0, which, NO_RULE)
+
+
+def reason_rules_at(owned: np.ndarray, lift: np.ndarray, ci: np.ndarray, ki: np.ndarray) -> np.ndarray:
+    """``reason_rules(owned, lift)[ci, ki]``, computed once per distinct set of owned categories
+    and read at the requested cells only (a few per customer, not every category)."""
+    distinct = distinct_profiles(owned)
+    if distinct is None:
+        return reason_rules(owned, lift)[ci, ki]
+    sets, set_of = distinct
+    best, which = _strongest_rule(sets, lift)
+    rows = set_of[ci]
+    return np.where(best[rows, ki] > 1.0, which[rows, ki], NO_RULE)
 
 
 def _percent(value: float) -> str:
