@@ -227,33 +227,34 @@ class FeatureEncoder:
         position = {c: i for i, c in enumerate(profiles.categories)}
         m = _row_count(rows, profiles.shape[0])
         by_feature = np.empty((len(self.customer_names), m), dtype=np.int16)
-        fill: list[Callable[[], None]] = []  # one per feature, in customer_names order; each writes its row
 
-        def numeric(j: int, name: str) -> None:
+        def numeric(name: str, j: int) -> None:
             by_feature[j] = _bins(customer[name].to_numpy()[rows], self.edges[name])
 
-        def categorical(j: int, name: str) -> None:
+        def categorical(name: str, j: int) -> None:
             cat = customer[name].array
             known = {v: i for i, v in enumerate(self.vocab[name])}
             lookup = np.asarray([known.get(str(v), len(known)) for v in cat.categories] + [len(known)], dtype=np.int16)
             by_feature[j] = lookup[cat.codes[rows]]  # code -1 (missing) reads the last entry
 
-        def share(j: int, by_category: np.ndarray, edges: np.ndarray, k: int | None) -> None:
+        def share(by_category: np.ndarray, edges: np.ndarray, k: int | None, j: int) -> None:
             by_feature[j] = _bins(np.zeros(1), edges)[0]
             if k is not None:  # shares are 0 for every category a customer never bought: bin the rest
                 bought = np.flatnonzero(by_category[k])
                 by_feature[j, bought] = _bins(by_category[k, bought], edges)
 
-        fill += [partial(numeric, len(fill) + i, name) for i, name in enumerate(CUSTOMER_NUMERIC)]
-        fill += [partial(categorical, len(fill) + i, name) for i, name in enumerate(CUSTOMER_CATEGORICAL)]
+        # tasks[j] codes feature j (customer_names order) into row j of by_feature.
+        tasks: list[Callable[[int], None]] = [partial(numeric, name) for name in CUSTOMER_NUMERIC]
+        tasks += [partial(categorical, name) for name in CUSTOMER_CATEGORICAL]
         for shares, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
             by_category = np.ascontiguousarray(shares[rows].T)  # one category's shares side by side
-            fill += [
-                partial(share, len(fill) + i, by_category, self.edges[column(c)], position.get(c))
-                for i, c in enumerate(self.categories)
-            ]
-        # The features are independent: they are coded on every core.
-        for_each_slice(lambda start, stop: [fill[j]() for j in range(start, stop)], len(fill), 1)
+            tasks += [partial(share, by_category, self.edges[column(c)], position.get(c)) for c in self.categories]
+
+        def code_features(start: int, stop: int) -> None:
+            for j in range(start, stop):
+                tasks[j](j)
+
+        for_each_slice(code_features, len(tasks), 1)  # the features are independent: coded on every core
         for j, name in enumerate(self.customer_names):
             if name in self.constant:
                 by_feature[j] = 0
