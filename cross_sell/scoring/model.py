@@ -708,12 +708,13 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
     values = np.empty(total, dtype=np.float64)
     # Customer features are coded once for everyone (a few large binning passes, not one per chunk).
     codes = model.encoder.customer_codes(profiles) if model.tables is not None else None
+    category_of_cell = np.tile(np.arange(k, dtype=ki.dtype), min(n, chunk_customers))  # a chunk's cells, row by row
 
     def score_chunk(start: int, stop: int) -> None:
         block = predict_customers(model, profiles, pairs, slice(start, stop), None if codes is None else codes[start:stop])
         mask = lacking[start:stop]
         values[position[start]:position[stop]] = block[mask]
-        ki[position[start]:position[stop]] = np.nonzero(mask)[1]
+        ki[position[start]:position[stop]] = category_of_cell[: mask.size][mask.reshape(-1)]
 
     # Table lookups are plain numpy, so the chunks run on every core. predict_proba is left on
     # one thread: its trees bring their own OpenMP threads and process-wide thread limits.
