@@ -197,7 +197,7 @@ class FeatureEncoder:
             edges[name] = bin_edges(values, rng)
 
         for name in PAIR_NUMERIC:
-            fit_edges(name, pairs.values[name][ci, ki])
+            fit_edges(name, pairs.at(name, ci, ki))
         customer = profiles.customer
         for name in CUSTOMER_NUMERIC:
             fit_edges(name, customer[name].to_numpy()[ci])
@@ -262,18 +262,18 @@ class FeatureEncoder:
 
     def pair_codes(self, pairs: PairFeatures, name: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
         """(customers, profile categories) int16 codes of one pair feature for the customers ``rows``."""
-        values = pairs.values[name]
-        if name in self.constant:
-            return np.zeros(values[rows].shape, dtype=np.int16)
-        if values.strides[0] == 0:  # the same for every customer (popularity): code one row
-            return np.broadcast_to(_bins(values[0], self.edges[name]), values[rows].shape)
-        return _bins(values[rows], self.edges[name])
+        values = pairs.values.get(name)
+        if values is not None and values.strides[0] == 0:  # the same for every customer (popularity): code one row
+            shape = values[rows].shape
+            return np.zeros(shape, dtype=np.int16) if name in self.constant else np.broadcast_to(_bins(values[0], self.edges[name]), shape)
+        block = pairs.rows(name, rows)
+        return np.zeros(block.shape, dtype=np.int16) if name in self.constant else _bins(block, self.edges[name])
 
     def codes(self, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray) -> np.ndarray:
         """(rows, features) int16 codes of (customer index, profile category index) rows, in ``names`` order."""
         candidate = self.candidate_codes(profiles)[ki]
         pair = [
-            np.zeros(len(ci), dtype=np.int16) if name in self.constant else _bins(pairs.values[name][ci, ki], self.edges[name])
+            np.zeros(len(ci), dtype=np.int16) if name in self.constant else _bins(pairs.at(name, ci, ki), self.edges[name])
             for name in PAIR_NUMERIC
         ]
         return np.column_stack([candidate, *pair, self.customer_codes(profiles, ci)]).astype(np.int16, copy=False)

@@ -90,17 +90,35 @@ class RuleStatistics:
 
 @dataclass(frozen=True)
 class PairFeatures:
-    """(n, k) float32 matrices, one per name in PAIR_NUMERIC.
+    """The (customer, candidate category) features, one (n, k) float32 matrix per name in
+    PAIR_NUMERIC: read them with :meth:`at` and :meth:`rows`.
 
-    The features that depend only on which categories a customer owns are also kept once per
-    distinct set of owned categories: ``by_profile[name]`` is (sets, k) and ``profile_of[i]`` is
-    customer i's row in it (``values[name]`` is ``by_profile[name][profile_of]``), so scoring can
-    work per set instead of per customer. ``cache`` holds what scoring derives from them."""
+    The features that depend only on which categories a customer owns are kept once per distinct
+    set of owned categories only: ``by_profile[name]`` is (sets, k) and ``profile_of[i]`` is
+    customer i's row in it, so scoring can work per set instead of per customer, and a million
+    customers' copies are never made (customer i's row is ``by_profile[name][profile_of[i]]``).
+    ``values`` holds the other features (all of them when there are no sets). ``cache`` holds
+    what scoring derives from them."""
 
     values: dict[str, np.ndarray]
     by_profile: dict[str, np.ndarray] = field(default_factory=dict)
     profile_of: np.ndarray | None = None
     cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def _per_set(self, name: str) -> bool:
+        return self.profile_of is not None and name in self.by_profile
+
+    def at(self, name: str, ci: np.ndarray, ki: np.ndarray) -> np.ndarray:
+        """Feature ``name`` for the (customer index, category index) pairs ``ci``, ``ki``."""
+        if self._per_set(name):
+            return self.by_profile[name][self.profile_of[ci], ki]
+        return self.values[name][ci, ki]
+
+    def rows(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
+        """Feature ``name`` for the customers ``rows``: (customers, k)."""
+        if self._per_set(name):
+            return self.by_profile[name][self.profile_of[rows]]
+        return self.values[name][rows]
 
 
 _CUSTOMERS = """
@@ -417,11 +435,10 @@ def pair_features(profiles: Profiles, rules: RuleStatistics) -> PairFeatures:
     }
     values = {
         "popularity": np.broadcast_to(rules.popularity.astype(np.float32)[None, :], (n, k)),
-        **{name: (v[profile_of] if profile_of is not None else v) for name, v in by_profile.items()},
         "weighted_confidence": profiles.spend_share @ rules.confidence.astype(np.float32),
     }
     if profile_of is None:
-        return PairFeatures(values=values)
+        return PairFeatures(values={**values, **by_profile})
     return PairFeatures(values=values, by_profile=by_profile, profile_of=profile_of)
 
 
@@ -445,7 +462,7 @@ def design_frame(
         CANDIDATE: pd.Categorical.from_codes(ki, categories=profiles.categories),
     }
     for name in PAIR_NUMERIC:
-        columns[name] = pairs.values[name][ci, ki]
+        columns[name] = pairs.at(name, ci, ki)
     customer = profiles.customer
     for name in CUSTOMER_NUMERIC:
         columns[name] = customer[name].to_numpy()[ci]
