@@ -56,7 +56,7 @@ class StepTiming:
     cpu: float | None = None  # process CPU seconds during the step (sampled), when known
 
 
-class RssSampler:
+class ProcessSampler:
     """Samples this process's resident set size and CPU time every ``interval`` seconds in a
     thread, so each step's peak memory and CPU seconds can be read off afterwards (ru_maxrss and
     the run's total only know the whole run). The CPU time is the whole process's, every thread
@@ -87,7 +87,7 @@ class RssSampler:
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> "ProcessSampler":
         self._thread.start()
         return self
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
 
         rss_before = peak_rss_bytes()
         instance = dg.DagsterInstance.ephemeral()
-        with RssSampler() as sampler:
+        with ProcessSampler() as sampler:
             run = run_graph(data_dir, warehouse, instance)
         result, total = run.result, run.seconds
         peak = peak_rss_bytes()

@@ -42,7 +42,7 @@ import duckdb
 import pandas as pd
 
 from cross_sell import contracts
-from cross_sell.bench import GIB, RssSampler, generate_in_child, table
+from cross_sell.bench import GIB, ProcessSampler, generate_in_child, table
 from cross_sell.ingest.assets import PURCHASES, contract_types
 from cross_sell.ingest.landing import land
 from cross_sell.quality import GateReport, validate_frame, validate_table
@@ -195,8 +195,8 @@ def run_engine_here(name: str, database: Path) -> EngineResult:
 
     for module in BACKEND_MODULES.get(name, ()):
         importlib.import_module(module)
-    with RssSampler(interval=0.05) as sampler:
-        start_rss, started = RssSampler.current(), time.perf_counter()
+    with ProcessSampler(interval=0.05) as sampler:
+        start_rss, started = ProcessSampler.current(), time.perf_counter()
         result = ENGINES[name](database)
         result.seconds = time.perf_counter() - started
     peak = max((rss for _, rss in sampler.samples), default=start_rss)

@@ -188,9 +188,7 @@ def reason_rules_at(owned: np.ndarray, lift: np.ndarray, ci: np.ndarray, ki: np.
     if distinct is None:
         return reason_rules(owned, lift)[ci, ki]
     sets, set_of = distinct
-    best, which = _strongest_rule(sets, lift)
-    rows = set_of[ci]
-    return np.where(best[rows, ki] > 1.0, which[rows, ki], NO_RULE)
+    return reason_rules(sets, lift)[set_of[ci], ki]
 
 
 def _percent(value: float) -> str:
