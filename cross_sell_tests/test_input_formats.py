@@ -212,6 +212,11 @@ def test_basket_log_runs_the_whole_graph_on_the_published_file(tmp_path: Path) -
 
     products = read_table(warehouse, "products")
     assert len(products) == raw["item"].nunique() == 167
+    # 167 categories: the model keeps share features for the 30 most bought only (see design.share_categories).
+    features = materialization_metadata(result, "cross_sell_model")["features"].value
+    spend_shares = [f for f in features if f.startswith("spend_share[")]
+    assert len(spend_shares) == len([f for f in features if f.startswith("order_share[")]) == 30
+    assert {f[len("spend_share["):-1] for f in spend_shares} <= set(products["product_category"])
     assert (products["product_category"] == products["product_name"]).all()
     assert not products["product_name"].str.endswith(" ").any()
     customers = read_table(warehouse, "customers")

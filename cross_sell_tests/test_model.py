@@ -479,3 +479,30 @@ def test_evaluate_command_reads_input_through_the_ingest(tmp_path: Path) -> None
     assert failed.returncode == 2
     assert "could not be published" in failed.stderr and "customers" in failed.stderr
     assert not list(scratch.iterdir())
+
+
+def test_share_columns_are_kept_for_the_categories_most_customers_bought() -> None:
+    """Two share features per category, for at most MAX_SHARE_CATEGORIES categories: those bought by
+    the most customers (ties by name), in category order; a small catalogue keeps every category."""
+    from cross_sell.scoring.design import MAX_SHARE_CATEGORIES, share_categories
+    from cross_sell.scoring.features import Profiles
+
+    rng = np.random.default_rng(5)
+    k = MAX_SHARE_CATEGORIES + 12
+    categories = [f"cat{j:02d}" for j in range(k)]
+    buyers = rng.permutation(np.repeat(np.arange(1, k // 2 + 1), 2))  # every count twice: ties to break by name
+    owned = np.arange(k // 2 + 1)[:, None] < buyers[None, :]  # category j bought by the first buyers[j] customers
+    n = owned.shape[0]
+    zeros = np.zeros(owned.shape, dtype=np.float32)
+    profiles = Profiles(
+        customer_ids=np.asarray([f"C{i}" for i in range(n)], dtype=object), categories=categories,
+        as_of=pd.Timestamp("2025-01-01"), owned=owned, spend_share=zeros, order_share=zeros,
+        customer=pd.DataFrame(index=range(n)), active=np.ones(n, dtype=bool), bought_after=np.zeros(owned.shape, dtype=bool),
+    )
+    by_hand = pd.DataFrame({"category": categories, "buyers": owned.sum(axis=0)})
+    kept = set(by_hand.sort_values(["buyers", "category"], ascending=[False, True])["category"].head(MAX_SHARE_CATEGORIES))
+    assert share_categories(profiles) == [c for c in categories if c in kept]
+    assert len(kept) == MAX_SHARE_CATEGORIES and min(by_hand["buyers"][by_hand["category"].isin(kept)]) >= max(
+        by_hand["buyers"][~by_hand["category"].isin(kept)]
+    )
+    assert share_categories(profiles, limit=k) == categories

@@ -49,6 +49,10 @@ from cross_sell.scoring.features import (
 
 MAX_BINS = 255  # the trees' own max_bins: every code is a bin of its own
 MAX_CATEGORIES = 250
+# Profile (share) features for at most this many categories, the most bought ones: every category
+# adds two features, and tree fitting, the tables and scoring all grow with the feature count. A
+# 30-category catalogue keeps them all; a basket log of 167 items keeps its 30 most bought.
+MAX_SHARE_CATEGORIES = 30
 EDGE_SAMPLE = 200_000
 
 
@@ -144,20 +148,33 @@ def _row_count(rows: np.ndarray | slice, n: int) -> int:
     return len(range(n)[rows]) if isinstance(rows, slice) else len(rows)
 
 
+def share_categories(profiles: Profiles, limit: int = MAX_SHARE_CATEGORIES) -> list[str]:
+    """The categories that get share columns: the ``limit`` bought by the most customers (ties by
+    name), in category order; every category when there are no more than ``limit``."""
+    categories = list(profiles.categories)
+    if len(categories) <= limit:
+        return categories
+    buyers = np.asarray(profiles.owned.sum(axis=0)).ravel()
+    ranked = sorted(range(len(categories)), key=lambda j: (-buyers[j], categories[j]))[:limit]
+    return [categories[j] for j in sorted(ranked)]
+
+
 @dataclass
 class FeatureEncoder:
     """Turns profiles and pair features into the model's integer-coded input (see module doc)."""
 
-    categories: list[str]  # the training categories: candidate codes and share columns
+    categories: list[str]  # the training categories: candidate codes
     edges: dict[str, np.ndarray]  # numeric feature -> bin edges
     vocab: dict[str, list[str]]  # categorical customer feature -> known values (sorted)
     # Features with no known value in the training rows (no incomes in a basket log): coded 0 for
     # everyone, a constant the trees ignore (an all-missing column would break their binning).
     constant: tuple[str, ...] = ()
+    # The categories with share columns (see MAX_SHARE_CATEGORIES), in category order.
+    share_categories: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
-        return feature_names(self.categories)
+        return feature_names(list(self.share_categories))
 
     @property
     def customer_names(self) -> list[str]:
@@ -188,6 +205,7 @@ class FeatureEncoder:
     def fit(cls, profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray, seed: int) -> FeatureEncoder:
         rng = np.random.default_rng([seed, 7])
         categories = list(profiles.categories)
+        shares = share_categories(profiles)
         edges: dict[str, np.ndarray] = {}
         empty: set[str] = set()
 
@@ -202,16 +220,17 @@ class FeatureEncoder:
         for name in CUSTOMER_NUMERIC:
             fit_edges(name, customer[name].to_numpy()[ci])
         for j, c in enumerate(categories):
-            fit_edges(spend_share_column(c), profiles.spend_share[ci, j])
-            fit_edges(order_share_column(c), profiles.order_share[ci, j])
+            if c in shares:
+                fit_edges(spend_share_column(c), profiles.spend_share[ci, j])
+                fit_edges(order_share_column(c), profiles.order_share[ci, j])
         vocab: dict[str, list[str]] = {}
         for name in CUSTOMER_CATEGORICAL:
             values = customer[name].astype(object).to_numpy()[ci]
             counts = pd.Series(values).dropna().astype(str).value_counts()
             counts = counts.rename_axis("value").reset_index(name="n").sort_values(["n", "value"], ascending=[False, True])
             vocab[name] = sorted(counts["value"].head(MAX_CATEGORIES))
-        constant = [n for n in feature_names(categories) if n in empty or (n in vocab and not vocab[n])]
-        return cls(categories=categories, edges=edges, vocab=vocab, constant=tuple(constant))
+        constant = [n for n in feature_names(shares) if n in empty or (n in vocab and not vocab[n])]
+        return cls(categories=categories, edges=edges, vocab=vocab, constant=tuple(constant), share_categories=tuple(shares))
 
     # -- codes ------------------------------------------------------------------------------
 
@@ -248,7 +267,7 @@ class FeatureEncoder:
         tasks += [partial(categorical, name) for name in CUSTOMER_CATEGORICAL]
         for shares, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
             by_category = np.ascontiguousarray(shares[rows].T)  # one category's shares side by side
-            tasks += [partial(share, by_category, self.edges[column(c)], position.get(c)) for c in self.categories]
+            tasks += [partial(share, by_category, self.edges[column(c)], position.get(c)) for c in self.share_categories]
 
         def code_features(start: int, stop: int) -> None:
             for j in range(start, stop):
