@@ -451,37 +451,6 @@ def feature_names(categories: list[str]) -> list[str]:
     ]
 
 
-def design_frame(
-    profiles: Profiles, pairs: PairFeatures, ci: np.ndarray, ki: np.ndarray, model_categories: list[str]
-) -> pd.DataFrame:
-    """The model's input rows for (customer index, category index) pairs.
-
-    Profile columns follow ``model_categories`` (the categories the model was trained on): a
-    category new since training contributes no profile column and is an unknown candidate."""
-    position = {c: i for i, c in enumerate(profiles.categories)}
-    columns: dict[str, object] = {
-        CANDIDATE: pd.Categorical.from_codes(ki, categories=profiles.categories),
-    }
-    for name in PAIR_NUMERIC:
-        columns[name] = pairs.at(name, ci, ki)
-    customer = profiles.customer
-    for name in CUSTOMER_NUMERIC:
-        columns[name] = customer[name].to_numpy()[ci]
-    for name in CUSTOMER_CATEGORICAL:
-        cat = customer[name].array
-        columns[name] = pd.Categorical.from_codes(cat.codes[ci], dtype=cat.dtype)
-    spend = profiles.spend_share[ci]
-    orders = profiles.order_share[ci]
-    zeros = np.zeros(len(ci), dtype=np.float32)
-    for c in model_categories:
-        j = position.get(c)
-        columns[spend_share_column(c)] = spend[:, j] if j is not None else zeros
-    for c in model_categories:
-        j = position.get(c)
-        columns[order_share_column(c)] = orders[:, j] if j is not None else zeros
-    return pd.DataFrame(columns, copy=False)
-
-
 def data_fingerprint(conn: duckdb.DuckDBPyConnection) -> str:
     """An order-independent fingerprint of everything the model reads (row counts and hash sums)."""
     [parts] = conn.execute(
