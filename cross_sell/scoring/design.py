@@ -154,9 +154,9 @@ def share_categories(profiles: Profiles, limit: int = MAX_SHARE_CATEGORIES) -> l
     categories = list(profiles.categories)
     if len(categories) <= limit:
         return categories
-    buyers = np.asarray(profiles.owned.sum(axis=0)).ravel()
-    ranked = sorted(range(len(categories)), key=lambda j: (-buyers[j], categories[j]))[:limit]
-    return [categories[j] for j in sorted(ranked)]
+    # Profile categories are sorted by name, so a stable sort by buyers breaks ties by name.
+    kept = np.sort(np.argsort(-profiles.owned.sum(axis=0), kind="stable")[:limit])
+    return [categories[j] for j in kept]
 
 
 @dataclass
