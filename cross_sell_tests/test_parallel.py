@@ -1,5 +1,5 @@
 """Work split over threads gives exactly what one pass over everything gives: the slices helper
-itself, and the scoring functions that use it, against plain references, with blocks small enough
+itself, and the scoring and affinity functions that use it, against plain references, with blocks small enough
 that every input crosses several block boundaries, on one thread and on four."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cross_sell import parallel
+from cross_sell.affinity import logic as affinity_logic
 from cross_sell.scoring import logic
 from cross_sell.scoring.logic import NO_RULE, reason_rules, reason_rules_at, strongest_rule, top_n
 
@@ -120,3 +121,19 @@ def test_top_n_in_blocks_equals_ranking_by_hand(threads: int, k: int, n: int, mo
     score[5] = np.nan  # a customer who has everything
     customers, ranks, categories = top_n(score, n)
     assert list(zip(customers.tolist(), ranks.tolist(), categories.tolist())) == _top_n_by_hand(score, n)
+
+
+@pytest.mark.parametrize("n_items", [9, 30, 33, 48], ids=["two bytes", "uint32 masks", "uint64 masks", "six bytes"])
+def test_pair_counts_on_threads_equal_the_one_hot_product(threads: int, n_items: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(affinity_logic, "_THREADED_MASKS", 0)  # threads even for a few masks
+    rng = np.random.default_rng(n_items)
+    onehot = rng.random((3000, n_items)) < rng.uniform(0.02, 0.6, n_items)[None, :]
+    tx, items = np.nonzero(onehot)
+    masks = affinity_logic.transaction_masks(tx, items, n_items)
+    assert masks is not None and masks.dtype == (np.uint32 if n_items <= 32 else np.uint64)
+    kept = onehot[onehot.any(axis=1)]
+    x = kept.astype(np.int64)
+    np.testing.assert_array_equal(affinity_logic.mask_pair_counts(masks, None, n_items), x.T @ x)
+    # Distinct masks with how many transactions have each, as the warehouse counts them.
+    distinct, counts = np.unique(masks.astype(np.uint64), return_counts=True)
+    np.testing.assert_array_equal(affinity_logic.mask_pair_counts(distinct, counts, n_items), x.T @ x)

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from cross_sell.parallel import for_each_slice
+
 RULE_COLUMNS = [
     "level", "antecedent", "consequent", "pair_count", "antecedent_count", "consequent_count",
     "transactions", "support", "confidence", "lift",
@@ -48,8 +50,8 @@ def dense_codes(codes: np.ndarray) -> np.ndarray:
     return np.unique(codes, return_inverse=True)[1]
 
 
-# Items up to this many are counted as bit masks: float64 sums of distinct powers of two below
-# 2**48 are exact, and six bytes make at most 15 byte pairs.
+# Items up to this many are counted as bit masks: six bytes make at most 15 byte pairs. Up to 32
+# items a mask is a uint32, which halves the memory the masks are summed into.
 MASK_ITEMS = 48
 _BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.float64)
 
@@ -60,41 +62,74 @@ def _small_codes(codes: np.ndarray) -> np.ndarray:
 
 
 def transaction_masks(transaction_codes: np.ndarray, item_codes: np.ndarray, n_items: int) -> np.ndarray | None:
-    """One uint64 per transaction with bit i set when it holds item i (transactions without items
-    dropped), or None when a (transaction, item) pair repeats.
+    """One unsigned integer per transaction (uint32 up to 32 items, else uint64) with bit i set
+    when it holds item i (transactions without items dropped), or None when a (transaction, item)
+    pair repeats.
 
-    The masks are sums of powers of two; a repeated pair would carry into another bit, which the
-    population count detects: the set bits add up to the number of pairs exactly when no pair repeats."""
+    The masks are sums of powers of two (one unbuffered ``np.add.at``); a repeated pair would carry
+    into another bit (or out of the top one), which the population count detects: the set bits
+    add up to the number of pairs exactly when no pair repeats."""
     if n_items > MASK_ITEMS:
         raise ValueError(f"bit masks hold at most {MASK_ITEMS} items, not {n_items}")
-    powers = np.ldexp(1.0, np.arange(n_items))
-    sums = np.bincount(_small_codes(transaction_codes), weights=powers[item_codes])
-    masks = sums.astype(np.uint64)
+    item_codes = np.asarray(item_codes)
+    if len(item_codes) and (int(item_codes.min()) < 0 or int(item_codes.max()) >= n_items):
+        raise ValueError(f"item codes must lie in 0..{n_items - 1}")
+    dtype = np.uint32 if n_items <= 32 else np.uint64
+    transactions = _small_codes(transaction_codes)
+    masks = np.zeros(int(transactions.max()) + 1 if len(transactions) else 0, dtype=dtype)
+    np.add.at(masks, transactions, np.left_shift(dtype(1), item_codes.astype(dtype)))
     masks = masks[masks != 0]
     if int(np.bitwise_count(masks).sum(dtype=np.int64)) != len(item_codes):
         return None
     return masks
 
 
+# Fewer masks than this are counted on the calling thread: starting threads would cost more than
+# the histograms.
+_THREADED_MASKS = 100_000
+
+
 def mask_pair_counts(masks: np.ndarray, counts: np.ndarray | None, n_items: int) -> np.ndarray:
-    """Dense ``C = X^T X`` (int64, n_items x n_items) from transaction bit masks and how many
-    transactions have each (``counts``; None: one each, so the masks need not be distinct: the
-    histograms count them, which is cheaper than sorting them into distinct ones first)."""
+    """Dense ``C = X^T X`` (int64, n_items x n_items) from transaction bit masks (unsigned
+    integers) and how many transactions have each (``counts``; None: one each, so the masks need
+    not be distinct: the histograms count them, which is cheaper than sorting them into distinct
+    ones first).
+
+    Each pair of bytes (i, j) is one weighted histogram of 65,536 cells, whose bits give the
+    block of ``C`` between the items of byte i and those of byte j; its margins are the histograms
+    of the bytes alone, which give the blocks within a byte. Each histogram is its own task on the
+    thread pool (:mod:`cross_sell.parallel`)."""
+    width = masks.dtype.itemsize
     n_bytes = max(1, -(-n_items // 8))
-    raw = masks.astype("<u8").view(np.uint8).reshape(-1, 8)
+    if n_bytes > width:
+        raise ValueError(f"{n_items} items do not fit in {masks.dtype} masks")
+    raw = masks.astype(f"<u{width}", copy=False).view(np.uint8).reshape(-1, width)
     octets = [raw[:, i].astype(np.intp) for i in range(n_bytes)]  # one contiguous column per byte
     weights = None if counts is None else counts.astype(np.float64)
     total = np.zeros((8 * n_bytes, 8 * n_bytes))
-    for i in range(n_bytes):
+    if n_bytes == 1:
+        byte_counts = [np.bincount(octets[0], weights=weights, minlength=256).astype(np.float64)]
+    else:
+        byte_counts = [np.zeros(256) for _ in range(n_bytes)]
+        highs = [octet << 8 for octet in octets[:-1]]
+        byte_pairs = [(i, j) for i in range(n_bytes) for j in range(i + 1, n_bytes)]
+
+        def count(start: int, stop: int) -> None:
+            for i, j in byte_pairs[start:stop]:
+                joint = np.bincount(highs[i] + octets[j], weights=weights, minlength=65536).astype(np.float64)
+                joint = joint.reshape(256, 256)
+                rows, cols = slice(8 * i, 8 * i + 8), slice(8 * j, 8 * j + 8)
+                block = _BYTE_BITS.T @ joint @ _BYTE_BITS
+                total[rows, cols], total[cols, rows] = block, block.T
+                if j == i + 1:  # every byte's margin, each written by one task
+                    byte_counts[i][:] = joint.sum(axis=1)
+                    if j == n_bytes - 1:
+                        byte_counts[j][:] = joint.sum(axis=0)
+
+        for_each_slice(count, len(byte_pairs), 1, threads=None if len(masks) >= _THREADED_MASKS else 1)
+    for i, within in enumerate(byte_counts):
         rows = slice(8 * i, 8 * i + 8)
-        within = np.bincount(octets[i], weights=weights, minlength=256).astype(np.float64)
         total[rows, rows] = _BYTE_BITS.T @ (within[:, None] * _BYTE_BITS)
-        high = octets[i] * 256
-        for j in range(i + 1, n_bytes):
-            cols = slice(8 * j, 8 * j + 8)
-            joint = np.bincount(high + octets[j], weights=weights, minlength=65536).astype(np.float64)
-            block = _BYTE_BITS.T @ joint.reshape(256, 256) @ _BYTE_BITS
-            total[rows, cols], total[cols, rows] = block, block.T
     return np.rint(total[:n_items, :n_items]).astype(np.int64)
 
 
