@@ -84,9 +84,9 @@ def transaction_masks(transaction_codes: np.ndarray, item_codes: np.ndarray, n_i
     return masks
 
 
-# Fewer masks than this are counted on the calling thread: starting threads would cost more than
-# the histograms.
-_THREADED_MASKS = 100_000
+# Fewer masks than this are counted on the calling thread, where threads gain nothing (measured:
+# 100,000 masks 3.6 ms on one thread, 4.4 ms on two; a million 38 ms, 30 ms on two).
+_THREADED_MASKS = 400_000
 
 
 def mask_pair_counts(masks: np.ndarray, counts: np.ndarray | None, n_items: int) -> np.ndarray:
