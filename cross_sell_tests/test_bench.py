@@ -1,5 +1,5 @@
-"""The benchmark command runs end to end at a small scale and prints what it promises. Its figures
-are printed, never asserted: this only checks that the command works and its tables add up."""
+"""The benchmark commands run end to end at a small scale and print what they promise. Their figures
+are printed, never asserted: this only checks that the commands work and their tables add up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cross_sell import bench
+from cross_sell import bench, bench_incremental
 
 
 def _table(output: str, first_header: str) -> list[list[str]]:
@@ -52,3 +52,15 @@ def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys
     assert 0 < cpu <= cores * total + 0.5
     bound = float(re.search(r"every core were busy throughout \(CPU / cores\) +\| ([0-9.]+) s", output).group(1))
     assert bound == pytest.approx(cpu / cores, abs=0.1)
+
+
+def test_incremental_bench_times_one_new_day_and_finds_the_same_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bench_incremental.main(["--purchases", "20000", "--workdir", str(tmp_path)])
+    output = capsys.readouterr().out
+    rows = dict(re.findall(r"^(\S.*?\S)  +(\S.*)$", output, flags=re.MULTILINE))
+    old, new = (int(n.replace(",", "")) for n in re.match(r"([0-9,]+) / ([0-9,]+) purchase lines", rows["history / new day"]).groups())
+    assert old + new == 20000 and 0 < new < old
+    assert rows["outputs identical to the full refresh"] == "yes, all 8 tables"
+    for share in ("incremental ingest / full ingest", "incremental ingest / full refresh", "increment + downstream / full refresh"):
+        assert re.fullmatch(r"[0-9.]+%", rows[share]), (share, rows[share])
+    assert "cross_sell_model" in rows["slowest steps, full refresh"]
