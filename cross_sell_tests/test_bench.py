@@ -53,6 +53,28 @@ def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys
     bound = float(re.search(r"every core were busy throughout \(CPU / cores\) +\| ([0-9.]+) s", output).group(1))
     assert bound == pytest.approx(cpu / cores, abs=0.1)
 
+    # The targets: the 10 M-line ones do not apply at this scale, the floor ratio is judged on the
+    # printed ratio, and the mlxtend ones were not measured.
+    targets = {row[0]: row[1:] for row in _table(output, "target")}
+    assert len(targets) == 5
+    assert [v for t, (_, v) in targets.items() if "10,000,000 lines" in t] == ["n/a", "n/a"]
+    ratio = float(re.search(r"graph / floor +\| ([0-9.]+)x", output).group(1))
+    assert targets["whole graph within 10x the floor"] == [f"{ratio:.1f}x", "met" if ratio <= 10 else "NOT MET"]
+    assert [v for t, (m, v) in targets.items() if "mlxtend" in t] == ["n/a", "n/a"]
+
+
+def test_targets_are_judged_on_the_measured_figures() -> None:
+    agree = {"mlxtend_seconds": 2.0, "ours_seconds": 0.08, "unmatched_rules": 0.0, "max_abs_diff": 8.9e-16}
+    verdicts = [row[2] for row in bench.target_rows(10_000_000, 58.0, 3 * bench.GIB, 6.0, agree)]
+    assert verdicts == ["met", "met", "met", "met", "met"]
+    slow = {**agree, "ours_seconds": 0.5, "max_abs_diff": 1e-6}
+    verdicts = [row[2] for row in bench.target_rows(10_000_000, 91.0, 5 * bench.GIB, 3.0, slow)]
+    assert verdicts == ["NOT MET"] * 5
+    assert not bench.rules_agree({**agree, "unmatched_rules": 1.0}) and bench.rules_agree(agree)
+    # Below 10 M lines the wall-time and memory targets do not apply, whatever the figures.
+    verdicts = [row[2] for row in bench.target_rows(1_000_000, 500.0, 9 * bench.GIB, 100.0, None)]
+    assert verdicts == ["n/a", "n/a", "met", "n/a", "n/a"]
+
 
 def test_incremental_bench_times_one_new_day_and_finds_the_same_outputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench_incremental.main(["--purchases", "20000", "--workdir", str(tmp_path)])
