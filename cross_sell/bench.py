@@ -297,9 +297,7 @@ TARGET_PEAK_GIB = 4.0
 TARGET_SPEEDUP = 20.0
 TARGET_FLOOR_RATIO = 10.0
 RULE_TOLERANCE = 1e-9
-
-
-TOLERANCE_TEXT = f"{RULE_TOLERANCE:.0e}".replace("e-0", "e-")  # 1e-9
+TOLERANCE_TEXT = f"{RULE_TOLERANCE:.0e}".replace("e-0", "e-")  # 1e-9, as the README writes it
 
 
 def _verdict(met: bool | None) -> str:
