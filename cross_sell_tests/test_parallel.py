@@ -1,9 +1,13 @@
 """Work split over threads gives exactly what one pass over everything gives: the slices helper
 itself, and the scoring and affinity functions that use it, against plain references, with blocks small enough
-that every input crosses several block boundaries, on one thread and on four."""
+that every input crosses several block boundaries, on one thread and on four. And scikit-learn's OpenMP
+threads sleep, not spin, while they wait."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -59,6 +63,26 @@ def test_thread_count_comes_from_the_environment_and_is_checked(monkeypatch: pyt
             parallel.workers()
     with pytest.raises(ValueError, match="at least 1"):
         parallel.for_each_slice(lambda start, stop: None, 5, 0)
+
+
+def _openmp_spin_count(environment: dict[str, str]) -> str:
+    """The spin count scikit-learn's OpenMP runtime settles on in a fresh process that loads the
+    project's definitions and then fits nothing: the runtime prints it as it starts."""
+    probe = "import cross_sell.definitions, sklearn.ensemble"
+    run = subprocess.run(
+        [sys.executable, "-c", probe], env={**environment, "OMP_DISPLAY_ENV": "VERBOSE"},
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    spin = [line.split("=", 1)[1].strip().strip("'") for line in run.stderr.splitlines() if "GOMP_SPINCOUNT" in line]
+    if not spin:
+        pytest.skip("this scikit-learn ships an OpenMP runtime other than libgomp")
+    return spin[0]
+
+
+def test_openmp_threads_sleep_while_they_wait_unless_the_user_says_otherwise() -> None:
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    assert _openmp_spin_count(environment) == "0"  # PASSIVE: no spinning at all
+    assert int(_openmp_spin_count({**environment, "OMP_WAIT_POLICY": "ACTIVE"})) > 10**9
 
 
 def _owned_and_lift(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
