@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +289,61 @@ def test_a_model_without_evaluation_evidence_is_reused_too(tiny_data: Path, ware
     assert again.metadata("cross_sell_model")["reused_artifact"] is True
     [check] = [e for e in again.result.get_asset_check_evaluations() if e.check_name == "beats_popularity"]
     assert check.passed and not check.metadata["comparable"].value and "not enough evidence" in check.description
+
+
+CUSTOMER_HEADER = "customer_id,first_name,last_name,email,phone,birth_year,education,marital_status,income,country,signup_date\n"
+
+
+def small_world(folder: Path, customers: int, categories: int, bought: Callable[[int, int], bool], idle: int = 0) -> Path:
+    """``customers`` customers (plus ``idle`` who never bought) and one product per category;
+    customer c bought category k, on its own day, when ``bought(c, k)``."""
+    folder.mkdir(parents=True)
+    people = [f"C{c}" for c in range(customers + idle)]
+    (folder / "customer.csv").write_text(
+        CUSTOMER_HEADER + "".join(f"{p},Ann,Lee,{p.lower()}@example.com,,1980,,,,US,2024-01-01\n" for p in people)
+    )
+    (folder / "product.csv").write_text(
+        "product_id,product_name,product_category,price\n" + "".join(f"P{k},Item {k},Cat{k},10\n" for k in range(categories))
+    )
+    lines = [(c, k) for c in range(customers) for k in range(categories) if bought(c, k)]
+    (folder / "purchase.csv").write_text(
+        "purchase_id,order_id,customer_id,product_id,purchase_date,quantity,amount,channel\n"
+        + "".join(
+            f"L{i},O{i},C{c},P{k},2025-{1 + (c + k) % 12:02d}-{1 + (3 * c + k) % 28:02d},1,10,web\n"
+            for i, (c, k) in enumerate(lines)
+        )
+    )
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("customers", "categories", "idle", "bought"),
+    [
+        pytest.param(1, 1, 0, lambda c, k: True, id="one customer, one product, one purchase"),
+        pytest.param(3, 2, 0, lambda c, k: True, id="everyone bought everything, 3 x 2"),
+        pytest.param(10, 3, 0, lambda c, k: True, id="everyone bought everything, 10 x 3"),
+        pytest.param(40, 1, 2, lambda c, k: True, id="one category, two customers never bought"),
+        pytest.param(12, 4, 3, lambda c, k: True, id="everyone who bought bought everything"),
+    ],
+)
+def test_a_world_with_one_kind_of_label_still_scores(
+    tmp_path: Path, customers: int, categories: int, idle: int, bought: Callable[[int, int], bool]
+) -> None:
+    """When every training label is the same (nobody, or everybody, bought a new category), the
+    model is the observed rate and the graph still publishes: a score for every customer and
+    category not bought yet, and never a category the customer already has."""
+    data = small_world(tmp_path / "input", customers, categories, bought, idle)
+    built = build(data, tmp_path / "warehouse" / "cross_sell.duckdb", selection=dg.AssetSelection.all())
+    failures = [e.event_specific_data.error.message for e in built.result.get_step_failure_events()]
+    assert built.result.success, failures
+    scores = read_table(built.warehouse, "cross_sell_scores")
+    owned = {(f"C{c}", f"Cat{k}") for c in range(customers) for k in range(categories) if bought(c, k)}
+    expected = {(f"C{c}", f"Cat{k}") for c in range(customers + idle) for k in range(categories)} - owned
+    assert set(zip(scores["customer_id"], scores["product_category"])) == expected
+    assert scores["score"].between(0, 1).all()
+    recommendations = read_table(built.warehouse, "cross_sell_recommendations")
+    assert not set(zip(recommendations["customer_id"], recommendations["product_category"])) & owned
+    assert built.metadata("cross_sell_model")["estimator"] == "prior"
 
 
 def test_train_and_score_from_warehouse_tables(sample: Built, tmp_path: Path) -> None:

@@ -335,8 +335,16 @@ def predict(
         stop = min(start + chunk_rows, len(ci))
         x = model.encoder.matrix(model.encoder.codes(profiles, pairs, ci[start:stop], ki[start:stop]))
         with _threads(len(x), PREDICT_SINGLE_THREAD_ROWS):
-            out[start:stop] = model.estimator.predict_proba(x)[:, 1]
+            out[start:stop] = positive_probability(model.estimator, x)
     return np.clip(out, 0.0, 1.0)
+
+
+def positive_probability(estimator, x: np.ndarray) -> np.ndarray:
+    """P(label 1) from ``predict_proba``, also for a model that only ever saw one label (every
+    training row bought, or none did): its one column is then the certainty of that label."""
+    proba = estimator.predict_proba(x)
+    classes = list(estimator.classes_)
+    return proba[:, classes.index(1)] if 1 in classes else np.zeros(len(x))
 
 
 def predict_customers(
