@@ -360,6 +360,30 @@ def test_pii_scan_finds_planted_leaks(tiny: Served, tmp_path: Path) -> None:
     assert not [leak for leak in leaks if leak.relation.startswith("main.") and leak.relation != "main.customers"]
 
 
+def test_a_customer_named_like_a_category_is_no_leak(tmp_path: Path) -> None:
+    """Ann is called Fish and has not bought Fish yet: her opportunity row holds her first name by
+    chance, one of the three rows that offer Fish. The marketing file is published. A column that
+    does carry the first names next to their customers is still a leak."""
+    data = write_tiny_dataset(tmp_path / "input")
+    customers = data / "customer.csv"
+    customers.write_text(customers.read_text().replace("C1,Ann,", "C1,Fish,"))
+    served = _serve(tmp_path, data)
+    assert served.result.success, _failures(served.result)
+    with duckdb.connect(str(served.marketing), read_only=True) as conn:
+        offered_fish = conn.execute(
+            "select customer_id from main.cross_sell_opportunities where product_category = 'Fish' order by 1"
+        ).fetchall()
+    assert [c for (c,) in offered_fish] == ["C1", "C2", "C4"]
+    planted = tmp_path / "planted.duckdb"
+    shutil.copy(served.marketing, planted)
+    with duckdb.connect(str(planted)) as conn:
+        conn.execute("create schema notes")
+        conn.execute("create table notes.names as select * from (values ('C1', 'Fish'), ('C2', 'Bob'), ('C3', 'Cid'), ('C4', 'Sue')) t(customer_id, n)")
+    found = {(leak.relation, leak.column, leak.kind, leak.matches) for leak in _scan(served, planted)}
+    assert ("notes.names", "n", "first_name", 3) in found
+    assert not [f for f in found if f[0].startswith("main.")]
+
+
 def test_pii_scan_compares_numbers_only_where_they_can_meet(tiny: Served, tmp_path: Path) -> None:
     """Number columns are proven clean by their range only when it cannot meet the personal
     numbers; otherwise they are compared value by value (phone digits, incomes, NaN)."""

@@ -55,9 +55,13 @@ MASKING_KEY_ENV = "CROSS_SELL_MASKING_KEY"
 KEY_TABLE = "audit.masking_key"
 ANALYST, MARKETING = "analyst", "marketing"
 # A column carries a personal attribute (name, birth year, income) when it equals the customer's own
-# value on more than this share of rows. Chance coincidences (a tenure of 1984 days next to a birth
-# year of 1984) stay far below it; a column that carries the attribute matches on nearly every row.
+# value on more than LINKED_LEAK_SHARE of its rows, and on more than CARRIER_SHARE of the rows where
+# it holds anybody's value of that attribute. Chance coincidences stay far below either: a tenure
+# of 1984 days next to a birth year of 1984 in a large table, or, in a small shop, the one customer
+# called Sherry among the thirty who have not bought Sherry yet. A column that carries the
+# attribute matches on nearly every row.
 LINKED_LEAK_SHARE = 0.01
+CARRIER_SHARE = 0.5
 # Identifiers shorter than this cannot single anyone out and would match ordinary values.
 MIN_IDENTIFIER_LENGTH = 5
 EMAIL_PATTERN = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
@@ -348,7 +352,7 @@ def find_pii_leaks(
     * a direct identifier (e-mail, phone, full name) or the masking key anywhere is a leak, and so
       is any value shaped like an e-mail address;
     * a name, birth year or income next to the customer it belongs to is a leak (see
-      :data:`LINKED_LEAK_SHARE`).
+      :data:`LINKED_LEAK_SHARE` and :data:`CARRIER_SHARE`).
 
     ``conn`` is a warehouse connection (the published customers are the reference). Values are
     compared where their type can hold them: identifiers and names in text columns (and phone
@@ -568,23 +572,33 @@ def _linked_leaks(
             for k, (a, numeric) in enumerate(attributes.items()):
                 if (i, j, a) not in possible:
                     continue
+                texts = f"(select text from _pii_attribute_texts where attribute = {_literal(a)})"
+                numbers = f"(select number from _pii_attribute_numbers where attribute = {_literal(a)})"
                 if kind == "text":
-                    number = f' or (p."{a}__number" is not null and try_cast(r.{quoted(c)} as double) = p."{a}__number")' if numeric else ""
-                    condition = f'r.{quoted(c)} = p."{a}__text"{number}'
+                    as_number = f"try_cast(r.{quoted(c)} as double)"
+                    own = f'r.{quoted(c)} = p."{a}__text"'
+                    own += f' or (p."{a}__number" is not null and {as_number} = p."{a}__number")' if numeric else ""
+                    anybody = f"r.{quoted(c)} in {texts}" + (f" or {as_number} in {numbers}" if numeric else "")
                 else:
-                    condition = f'cast(r.{quoted(c)} as double) = p."{a}__number"'
-                pairs.append((j, k, c, a, condition))
+                    own = f'cast(r.{quoted(c)} as double) = p."{a}__number"'
+                    anybody = f"cast(r.{quoted(c)} as double) in {numbers}"
+                pairs.append((j, k, c, a, own, anybody))
         if not pairs:
             continue
-        used = list(dict.fromkeys(a for *_, a, _ in pairs))
-        aggregates = [f'count(p."{a}__text")' for a in used] + [f"count(*) filter (where {cond})" for *_, cond in pairs]
+        used = list(dict.fromkeys(pair[3] for pair in pairs))
+        aggregates = [f'count(p."{a}__text")' for a in used]
+        aggregates += [f"count(*) filter (where {own})" for *_, own, _ in pairs]
+        aggregates += [f"count(*) filter (where {anybody})" for *_, anybody in pairs]
         counts = conn.execute(
             f"select {', '.join(aggregates)} from {s.qualified} r join _pii_linked p on p.customer_id = {_text('customer_id')}"
         ).fetchone()
         known = dict(zip(used, counts[: len(used)]))
+        matches = counts[len(used): len(used) + len(pairs)]
+        holding = counts[len(used) + len(pairs):]
         found += [
-            ((i, 4, j, k), Leak(s.relation, c, a, int(n), f"{n} of {known[a]} rows equal the customer's own {a}"))
-            for (j, k, c, a, _), n in zip(pairs, counts[len(used):])
-            if n and n > LINKED_LEAK_SHARE * known[a]
+            ((i, 4, j, k), Leak(s.relation, c, a, int(n), f"{n} of {known[a]} rows equal the customer's own {a} "
+                                                          f"({n} of the {held} rows holding anybody's {a})"))
+            for (j, k, c, a, *_), n, held in zip(pairs, matches, holding)
+            if n and n > LINKED_LEAK_SHARE * known[a] and n > CARRIER_SHARE * held
         ]
     return found
