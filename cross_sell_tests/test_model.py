@@ -24,7 +24,7 @@ from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
 from cross_sell.scoring.features import load_profiles, pair_features, purchase_span, rule_statistics
 from cross_sell.scoring.logic import NO_RULE, reason_rules, recommendation_reasons
-from cross_sell_tests.conftest import PROJECT_ROOT, make_resources, read_table
+from cross_sell_tests.conftest import PROJECT_ROOT, make_resources, read_table, write_tiny_dataset
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"  # the committed generated sample: 2,000 customers, 50,000 lines
 THROUGH_RECOMMENDATIONS = dg.AssetSelection.assets("cross_sell_recommendations", "customer_metrics").upstream()
@@ -344,6 +344,21 @@ def test_a_world_with_one_kind_of_label_still_scores(
     recommendations = read_table(built.warehouse, "cross_sell_recommendations")
     assert not set(zip(recommendations["customer_id"], recommendations["product_category"])) & owned
     assert built.metadata("cross_sell_model")["estimator"] == "prior"
+
+
+def test_a_category_nobody_bought_is_scored_but_never_offered(tmp_path: Path) -> None:
+    """A new category on the shelf (a product nobody has bought) gets a score for every customer,
+    since nobody has it, but no recommendation, whose reason would have to say "0% buy it"."""
+    data = write_tiny_dataset(tmp_path / "input")
+    products = data / "product.csv"
+    products.write_text(products.read_text() + "P9,Olive oil,Oils,12\n")
+    built = build(data, tmp_path / "warehouse" / "cross_sell.duckdb")
+    assert built.result.success
+    scores = read_table(built.warehouse, "cross_sell_scores")
+    assert sorted(scores.loc[scores["product_category"] == "Oils", "customer_id"]) == ["C1", "C2", "C3", "C4"]
+    recommendations = read_table(built.warehouse, "cross_sell_recommendations")
+    assert len(recommendations) and "Oils" not in set(recommendations["product_category"])
+    assert not recommendations["reason"].str.contains(r"(?<![0-9])0% of customers").any()
 
 
 def test_train_and_score_from_warehouse_tables(sample: Built, tmp_path: Path) -> None:

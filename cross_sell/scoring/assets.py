@@ -325,7 +325,7 @@ def cross_sell_recommendations(
     context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """The next best offers: for each customer, the top-N categories they have not bought yet by
-    the model's score, best first, each with a human-readable reason that names the strongest
+    the model's score (among the categories somebody has bought), best first, each with a human-readable reason that names the strongest
     affinity rule behind it next to the model's view ("bought Wines; Wines → Meat, lift 1.8;
     model: 42% within 182 days (typical 18%)"). Campaign tools and account managers consume it."""
     with connect(duckdb) as conn:
@@ -339,6 +339,9 @@ def cross_sell_recommendations(
         score = np.full(owned.shape, np.nan)
         score[np.asarray(scores["ci"]), np.asarray(scores["ki"])] = np.asarray(scores["score"])
         score[owned] = np.nan  # never recommend what the customer already has
+        # A category nobody has bought yet (a new one, say) has no evidence behind its scores and
+        # no rule or popularity to explain an offer: it is scored, but never offered.
+        score[:, ~owned.any(axis=0)] = np.nan
         _, lift = rule_matrices(_category_rules(conn), categories)
         current = conn.execute(f"select label_window_days, version from {ml.REGISTRY_TABLE} where is_current").fetchall()
         horizon = current[0] if current else None
