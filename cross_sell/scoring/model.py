@@ -23,10 +23,12 @@ category-specific signal enters through the candidate category and the pair feat
 strongly the customer's categories point at the candidate), and gradient-boosted trees learn the
 interactions between them and the profile.
 
-**Pipeline.** ``ColumnTransformer`` (ordinal encoding of the candidate category and the
-demographics, standard scaling of the numbers), then ``HistGradientBoostingClassifier`` (native
-categorical splits and missing values, early stopping on large data); or, on request,
-``logistic`` regression on one-hot codes and median-imputed (with missing-value flags), scaled numbers. Wrapped in ``CalibratedClassifierCV`` (sigmoid by default: it is
+**Pipeline.** The feature encoder (:mod:`cross_sell.scoring.design`) turns every feature into a
+small integer code, then ``HistGradientBoostingClassifier`` fits trees on the codes (native
+categorical splits for the candidate category and the demographics, missing values as such, early
+stopping on large data), each tree pairing the candidate category with at most one other feature
+so that the model scores by table lookups; or, on request, ``logistic`` regression on one-hot
+codes and median-imputed (with missing-value flags), scaled numbers. Wrapped in ``CalibratedClassifierCV`` (sigmoid by default: it is
 monotone, so it keeps the model's ranking and fixes only the probability scale; isotonic on
 request). On small training sets it is fitted on 3-fold out-of-fold predictions, with the base
 model refit on all training rows (``ensemble=False``); from 50,000 rows on, on a stratified 20 %
