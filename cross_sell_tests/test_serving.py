@@ -197,6 +197,29 @@ def test_view_check_fails_on_orphans_and_duplicates(tiny: Served, tmp_path: Path
     assert result.is_node_untouched("marketing_database")  # blocked downstream
 
 
+@pytest.mark.parametrize(
+    "selection",
+    [
+        pytest.param(dg.AssetSelection.assets("cross_sell_model").downstream(), id="cross_sell_model*"),
+        pytest.param(dg.AssetSelection.assets("product_affinity").downstream(depth=1), id="product_affinity+"),
+    ],
+)
+def test_a_selection_may_take_some_of_the_views(tiny: Served, tmp_path: Path, selection: dg.AssetSelection) -> None:
+    """Downstream selections take only the views that depend on what changed; the whole layer is
+    rebuilt and checked, and exactly the selected views are reported."""
+    copy = _copy(tiny, tmp_path)
+    definitions = dg.Definitions(assets=[*ASSETS], asset_checks=[*CHECKS], resources=make_resources(copy.data, copy.warehouse))
+    wanted = selection.resolve(definitions.resolve_asset_graph())
+    views = {k for k in wanted if k in set(VIEW_KEYS)}
+    assert views and views != set(VIEW_KEYS)
+    served = _serve(tmp_path, copy.data, selection=selection)
+    assert served.result.success, _failures(served.result)
+    materialized = {e.asset_key for e in served.result.get_asset_materialization_events()}
+    assert materialized == wanted
+    checked = {e.asset_key for e in served.result.get_asset_check_evaluations() if e.check_name == VIEW_CHECK}
+    assert checked == views
+
+
 def test_view_check_counts_duplicate_and_null_keys_exactly(tiny: Served, tmp_path: Path) -> None:
     """Uniqueness is first counted on a hash of the grain; the reported numbers stay the exact ones
     (customer C1 three times, C2 twice, and a row without a customer; the two-column grain of the

@@ -90,12 +90,17 @@ class ViewsRejectedError(Exception):
         for v in MODEL.views
     ],
     pool="duckdb",
+    can_subset=True,
 )
 def semantic_views(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """The semantic layer: business-named views of the data product (total spend, purchase
     frequency, lifetime value, cross-sell opportunities, category affinity, and the customer,
     product and category dimensions), built from one spec that also documents them. Analysts and
-    BI tools query these instead of the raw tables."""
+    BI tools query these instead of the raw tables.
+
+    A selection that takes only some views (``cross_sell_model*``, say) rebuilds and checks the
+    whole layer, whose views refer to each other, and reports the selected ones."""
+    selected = [v for v in MODEL.views if view_key(v) in context.selected_asset_keys]
     reports: dict = {}
     try:
         with connect(duckdb) as conn:
@@ -106,11 +111,11 @@ def semantic_views(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
                     raise ViewsRejectedError
             previews = {
                 v.name: conn.execute(f"select * from {v.qualified} limit {PREVIEW_ROWS}").df()
-                for v in MODEL.views
+                for v in selected
                 if not v.has_pii  # personal data never goes into run metadata
             }
     except ViewsRejectedError:
-        for v in MODEL.views:
+        for v in selected:
             report = reports[v.name]
             yield dg.AssetCheckResult(
                 asset_key=view_key(v), check_name=VIEW_CHECK, passed=report.passed,
@@ -123,7 +128,7 @@ def semantic_views(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
     page = render_reference()
     reference = locations.export_dir(duckdb.database) / mf.REFERENCE_NAME
     ex.write_text_atomically(reference, page)
-    for v in MODEL.views:
+    for v in selected:
         report = reports[v.name]
         metadata = {
             "dagster/row_count": report.rows,
