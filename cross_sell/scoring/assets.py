@@ -345,8 +345,9 @@ def cross_sell_recommendations(
         _, lift = rule_matrices(_category_rules(conn), categories)
         current = conn.execute(f"select label_window_days, version from {ml.REGISTRY_TABLE} where is_current").fetchall()
         horizon = current[0] if current else None
-        with np.errstate(invalid="ignore"):
-            typical = np.nan_to_num(np.nanmean(score, axis=0)) if score.size else np.zeros(len(categories))
+        # "typical": the mean score of a category over the customers it may be offered to (0 if none)
+        offerable = (~np.isnan(score)).sum(axis=0)
+        typical = np.divide(np.nansum(score, axis=0), offerable, out=np.zeros(len(categories)), where=offerable > 0)
         ci, rank, ki = top_n(score, config.top_n)
         behind = reason_rules_at(owned, lift, ci, ki)
         chosen = score[ci, ki]
