@@ -207,6 +207,7 @@ def test_cross_sectional_fallback_when_dates_do_not_allow(tmp_path: Path) -> Non
     meta = built.metadata("cross_sell_model")
     assert meta["strategy"] == ml.CROSS_SECTIONAL and meta["cutoff"] == "none (cross-sectional)"
     assert "span 0.0 days" in meta["how_trained"]
+    assert meta["fallback_reason"].startswith("purchase dates span 0.0 days")
     assert meta["model_recall_at_k"] > meta["popularity_recall_at_k"]
 
     with duckdb.connect(str(built.warehouse), read_only=True) as conn:

@@ -28,6 +28,7 @@ SECTION = "### Useful selections from the shell"
 EXPECTED = {
     "group:ingest": dg.AssetSelection.groups("ingest"),
     "*cross_sell_scores": dg.AssetSelection.assets("cross_sell_scores").upstream(),
+    "cross_sell_model*": dg.AssetSelection.assets("cross_sell_model").downstream(),
     "product_affinity": dg.AssetSelection.assets("product_affinity"),
 }
 

@@ -108,6 +108,7 @@ def model_metadata(model: ml.TrainedModel) -> dict:
     return {
         "version": model.version,
         "strategy": m["strategy"],
+        **({"fallback_reason": m["fallback_reason"]} if m.get("fallback_reason") else {}),
         "how_trained": "\n".join(ml.iter_metadata_lines(model)),
         "estimator": m["estimator"],
         "calibration": m["calibration"],
