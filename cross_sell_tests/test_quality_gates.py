@@ -151,6 +151,15 @@ CASES = [
         {PURCHASE_GATE: {"schema:column_present": {"amount": 1}}},
     ),
     Case(
+        "missing_reference_column",  # the reference gate says which column it lacks, not a binder error
+        drop_column("purchase.csv", "customer_id"),
+        {PURCHASE_CONTRACT_STEP, "audit__purchases_referential_integrity"},
+        {
+            PURCHASE_GATE: {"schema:column_present": {"customer_id": 1}},
+            REFERENCES: {"schema:column_present": {"customer_id": 1}},
+        },
+    ),
+    Case(
         "text_in_amount",
         replace_line("purchase.csv", L1, L1.replace(",10,web", ",ten,web")),
         {PURCHASE_CONTRACT_STEP},
