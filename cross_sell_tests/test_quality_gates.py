@@ -274,6 +274,12 @@ CASES = [
         message="purchase.csv: the header line is not UTF-8 text",
     ),
     Case(
+        "semicolon_separated",
+        edit("purchase.csv", lambda text: text.replace(",", ";")),
+        {"audit__purchases"},
+        message="purchase.csv: the header is one column, 'purchase_id;order_id;",
+    ),
+    Case(
         "unbalanced_quote",
         append_bytes("purchase.csv", b'L7,O6,C1,"P1,2025-01-01,1,10,web\n'),
         {PURCHASE_CONTRACT_STEP},

@@ -121,6 +121,13 @@ def csv_header(path: Path, delimiter: str = ",") -> list[str]:
     if not text.strip():
         raise InputUnreadableError(f"{path.name}: the first line is empty; expected a header row with the column names")
     names = [name.strip() or f"column{i}" for i, name in enumerate(next(csv.reader([text.rstrip("\r\n")], delimiter=delimiter)))]
+    other = next((sep for sep in (";", "\t", "|") if sep != delimiter and sep in names[0]), None) if len(names) == 1 else None
+    if other is not None:
+        shown = "TAB" if other == "\t" else repr(other)
+        raise InputUnreadableError(
+            f"{path.name}: the header is one column, {names[0][:80]!r}: the file looks separated by {shown}, "
+            f"but this input is read with {delimiter!r} as the separator"
+        )
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InputUnreadableError(f"{path.name}: the header repeats column names: {', '.join(repeated)}")
