@@ -361,6 +361,17 @@ def _scan(served: Served, marketing: Path) -> list[roles.Leak]:
         return roles.find_pii_leaks(conn, marketing)
 
 
+def _scan_with_note(served: Served, tmp_path: Path, create_table: str) -> set[tuple[str, str, str, int]]:
+    """(relation, column, kind, matches) of every finding in a copy of the marketing file with one
+    table planted in schema ``notes`` by ``create_table``."""
+    planted = tmp_path / "planted.duckdb"
+    shutil.copy(served.marketing, planted)
+    with duckdb.connect(str(planted)) as conn:
+        conn.execute("create schema notes")
+        conn.execute(create_table)
+    return {(leak.relation, leak.column, leak.kind, leak.matches) for leak in _scan(served, planted)}
+
+
 def test_pii_scan_finds_planted_leaks(tiny: Served, tmp_path: Path) -> None:
     copy = _copy(tiny, tmp_path)
     assert _scan(copy, copy.marketing) == []
@@ -397,12 +408,9 @@ def test_a_customer_named_like_a_category_is_no_leak(tmp_path: Path) -> None:
             "select customer_id from main.cross_sell_opportunities where product_category = 'Fish' order by 1"
         ).fetchall()
     assert [c for (c,) in offered_fish] == ["C1", "C2", "C4"]
-    planted = tmp_path / "planted.duckdb"
-    shutil.copy(served.marketing, planted)
-    with duckdb.connect(str(planted)) as conn:
-        conn.execute("create schema notes")
-        conn.execute("create table notes.names as select * from (values ('C1', 'Fish'), ('C2', 'Bob'), ('C3', 'Cid'), ('C4', 'Sue')) t(customer_id, n)")
-    found = {(leak.relation, leak.column, leak.kind, leak.matches) for leak in _scan(served, planted)}
+    found = _scan_with_note(
+        served, tmp_path, "create table notes.names as select * from (values ('C1', 'Fish'), ('C2', 'Bob'), ('C3', 'Cid'), ('C4', 'Sue')) t(customer_id, n)"
+    )
     assert ("notes.names", "n", "first_name", 3) in found
     assert not [f for f in found if f[0].startswith("main.")]
 
@@ -702,11 +710,7 @@ def test_number_guard_never_skips_a_number() -> None:
 def test_pii_scan_reads_numbers_written_as_text(tiny: Served, tmp_path: Path) -> None:
     """Birth years written as text the way a number can be ('+1980', ' 1975', ' +1990.0') next to
     their customers are found, though no text equals the customer's own."""
-    copy = _copy(tiny, tmp_path)
-    planted = tmp_path / "texts.duckdb"
-    shutil.copy(copy.marketing, planted)
-    with duckdb.connect(str(planted)) as conn:
-        conn.execute("create schema notes")
-        conn.execute("create table notes.years as select * from (values ('C1', '+1980'), ('C2', ' 1975'), ('C3', ' +1990.0')) t(customer_id, y)")
-    found = {(leak.relation, leak.column, leak.kind, leak.matches) for leak in _scan(copy, planted)}
+    found = _scan_with_note(
+        _copy(tiny, tmp_path), tmp_path, "create table notes.years as select * from (values ('C1', '+1980'), ('C2', ' 1975'), ('C3', ' +1990.0')) t(customer_id, y)"
+    )
     assert ("notes.years", "y", "birth_year", 3) in found
