@@ -326,9 +326,10 @@ def cross_sell_recommendations(
     context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """The next best offers: for each customer, the top-N categories they have not bought yet by
-    the model's score (among the categories somebody has bought), best first, each with a human-readable reason that names the strongest
-    affinity rule behind it next to the model's view ("bought Wines; Wines → Meat, lift 1.8;
-    model: 42% within 182 days (typical 18%)"). Campaign tools and account managers consume it."""
+    the model's score (among the categories somebody has bought), best first, each with a
+    human-readable reason that names the strongest affinity rule behind it next to the model's
+    view ("bought Wines; Wines → Meat, lift 1.8; model: 42% within 182 days (typical 18%)").
+    Campaign tools and account managers consume it."""
     with connect(duckdb) as conn:
         customers, categories, owned = _customer_profiles(conn)
         scores = conn.execute(
