@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--database", type=Path, default=None, help="warehouse file (default: $CROSS_SELL_DUCKDB_PATH)")
     args = parser.parse_args(argv)
-    print(summarize(args.database or settings.duckdb_path()))
-    return 0
+    database = args.database or settings.duckdb_path()
+    print(summarize(database))
+    return 0 if database.exists() else 1  # scripts can tell "nothing built yet" apart
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def test_definitions_load_identically_from_pyproject_and_workspace(
 
 
 def test_summary_says_where_results_are(tiny_data: Path, warehouse_path: Path, dagster_home: Path, run_graph) -> None:
+    before = _run([sys.executable, "-m", "cross_sell.summary"], cli_env(tiny_data, warehouse_path, dagster_home))
+    assert before.returncode == 1 and "No warehouse at" in before.stdout  # nothing built yet
     assert run_graph(tiny_data).success
     proc = _run([sys.executable, "-m", "cross_sell.summary"], cli_env(tiny_data, warehouse_path, dagster_home))
     assert proc.returncode == 0, proc.stderr
