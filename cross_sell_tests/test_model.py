@@ -200,6 +200,31 @@ def test_time_split_rows_labels_and_features_are_as_of_the_cutoff(tiny_data: Pat
     assert profiles.spend_share[2].tolist() == [0.0, 0.0, 1.0]  # Fish, Meat, Wines
 
 
+def test_a_stray_old_date_does_not_move_the_cutoff(sample: Built, tmp_path: Path) -> None:
+    """One line typed as 1995 in the sample's two years stretched the span to thirty years, put
+    the cutoff in 2018 and switched the model to its fallback. It is left out of the span: same
+    cutoff as without it, and the metadata says one line was left out."""
+    data = tmp_path / "stray"
+    data.mkdir()
+    with duckdb.connect() as conn:
+        for name in ("customer", "product"):
+            conn.execute(f"copy (select * from '{SAMPLE / name}.parquet') to '{data / name}.parquet' (format parquet)")
+        conn.execute(
+            f"""copy (select * from '{SAMPLE / 'purchase'}.parquet'
+                      union all
+                      (select * replace ('STRAY-1' as purchase_id, 'STRAY-ORDER' as order_id, timestamp '1995-03-01' as purchase_date)
+                       from '{SAMPLE / 'purchase'}.parquet' limit 1))
+                to '{data / 'purchase'}.parquet' (format parquet)"""
+        )
+    built = build(data, tmp_path / "warehouse" / "cross_sell.duckdb", dg.AssetSelection.assets("cross_sell_model").upstream())
+    assert built.result.success
+    meta, clean = built.metadata("cross_sell_model"), sample.metadata("cross_sell_model")
+    assert meta["strategy"] == ml.TIME_SPLIT and meta["cutoff"] == clean["cutoff"]
+    assert "1 purchases dated long before the rest" in meta["how_trained"]
+    [stray] = read_table(built.warehouse, "model_registry")["metadata"].map(json.loads).map(lambda m: m["stray_lines"])
+    assert stray == 1
+
+
 def test_cross_sectional_fallback_when_dates_do_not_allow(tmp_path: Path) -> None:
     flat = flat_copy(SAMPLE, tmp_path / "flat")
     built = build(flat, tmp_path / "warehouse" / "cross_sell.duckdb")

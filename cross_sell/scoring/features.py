@@ -147,6 +147,33 @@ def _levels(column: str) -> str:
                from (select distinct {column} from customers where {column} is not null))"""
 
 
+# Stray dates: the time split's span starts at the oldest purchase, unless the oldest
+# STRAY_LINES_SHARE of the lines stretch it by more than STRAY_SPAN_SHARE of the whole span (a line
+# typed as 1995 in two years of 2024 and 2025 orders). Lines dated more than STRAY_SPAN_SHARE of the
+# rest of the history before that quantile are then stray, and the span starts at the oldest other.
+STRAY_LINES_SHARE = 0.001
+STRAY_SPAN_SHARE = 0.1
+
+
+def history_start(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, int]:
+    """Where the purchase history starts for the time split, and how many older lines it leaves
+    out as stray dates (0 when the oldest purchase is the start; see :data:`STRAY_LINES_SHARE`)."""
+    [(first, core, last)] = conn.execute(
+        f"select min(purchase_date), quantile_disc(purchase_date, {STRAY_LINES_SHARE}), max(purchase_date) from purchases"
+    ).fetchall()
+    if first is None:
+        return None, 0
+    first, core, last = pd.Timestamp(first), pd.Timestamp(core), pd.Timestamp(last)
+    if core - first <= (last - first) * STRAY_SPAN_SHARE:
+        return first, 0
+    threshold = core - (last - core) * STRAY_SPAN_SHARE
+    [(start, stray)] = conn.execute(
+        "select min(purchase_date) filter (where purchase_date >= $t), count(*) filter (where purchase_date < $t) from purchases",
+        {"t": threshold.to_pydatetime()},
+    ).fetchall()
+    return pd.Timestamp(start), int(stray)
+
+
 def purchase_span(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     """Oldest and newest purchase (None, None without purchases)."""
     [(first, last)] = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchall()

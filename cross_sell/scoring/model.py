@@ -4,7 +4,9 @@ scikit-learn, calibrated, evaluated against two baselines, persisted and version
 **Training examples.** Where the purchase dates allow (a span of at least ``min_span_days`` and at
 least ``min_positives`` first purchases of a category after the cutoff), a *time split*:
 
-* cutoff = oldest purchase + ``cutoff_quantile`` x (newest - oldest purchase), 0.75 by default;
+* cutoff = oldest purchase + ``cutoff_quantile`` x (newest - oldest purchase), 0.75 by default,
+  where a handful of stray dates long before the rest do not count as the oldest purchase
+  (:func:`cross_sell.scoring.features.history_start`);
 * features from purchases on or before the cutoff (:mod:`cross_sell.scoring.features`);
 * one row per (customer who existed at the cutoff, category they had not bought by then);
 * label = they bought that category after the cutoff, i.e. in the *label window* that runs to
@@ -81,6 +83,7 @@ from cross_sell.scoring.features import (
     RuleStatistics,
     data_fingerprint,
     load_profiles,
+    history_start,
     metrics_unusable,
     pair_features,
     profiles_from_metrics,
@@ -91,7 +94,7 @@ from cross_sell.scoring.logic import rule_scores
 from cross_sell.warehouse import table_exists, transaction
 
 # Bump when the features or the training procedure change, so old artifacts are not reused.
-MODEL_CODE_VERSION = "4"
+MODEL_CODE_VERSION = "5"
 TIME_SPLIT = "time_split"
 CROSS_SECTIONAL = "cross_sectional"
 ARTIFACT_PREFIX = "cross_sell_model-"
@@ -147,6 +150,7 @@ class TrainingSet:
     cutoff: pd.Timestamp | None
     label_window_days: float | None
     fallback_reason: str | None
+    stray_lines: int = 0  # purchases dated before the history's start, left out of the span
 
 
 @dataclass
@@ -189,9 +193,10 @@ def _candidates(profiles: Profiles, label: np.ndarray, rows: np.ndarray) -> tupl
 
 def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> TrainingSet:
     """Time split where the dates allow, else the cross-sectional fallback (see module doc)."""
-    first, last = purchase_span(conn)
+    _, last = purchase_span(conn)
     if last is None:
         raise ValueError("there are no purchases: the cross-sell model has nothing to learn from")
+    first, stray = history_start(conn)
     span_days = (last - first).total_seconds() / 86400
     if span_days >= params.min_span_days:
         cutoff = first + (last - first) * params.cutoff_quantile
@@ -202,7 +207,7 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> 
             rules = rule_statistics(profiles.owned)
             return TrainingSet(
                 TIME_SPLIT, profiles, rules, pair_features(profiles, rules), ci, ki, y, last, cutoff,
-                round((last - cutoff).total_seconds() / 86400, 2), None,
+                round((last - cutoff).total_seconds() / 86400, 2), None, stray,
             )
         reason = (
             f"only {int(y.sum())} first purchases of a category after the cutoff {cutoff:%Y-%m-%d} "
@@ -478,6 +483,7 @@ def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: 
         "trained_at": datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds"),
         "strategy": training.strategy,
         "fallback_reason": training.fallback_reason,
+        "stray_lines": training.stray_lines,
         "estimator": kind,
         "calibration": params.calibration if kind != "prior" else "none",
         "scoring": "additive tables (checked against predict_proba)" if tables is not None else "predict_proba",
@@ -754,6 +760,11 @@ def iter_metadata_lines(model: TrainedModel) -> Iterator[str]:
             f"time split: features as of {m['cutoff'][:10]}, label = first purchase of a category in the "
             f"{m['label_window_days']:.0f} days to {m['newest_purchase'][:10]}"
         )
+        if m.get("stray_lines"):
+            yield (
+                f"{m['stray_lines']:,} purchases dated long before the rest of the history were left out "
+                "of the span the cutoff is placed in (stray dates)"
+            )
     else:
         yield f"cross-sectional fallback (one bought category hidden per customer): {m['fallback_reason']}"
     yield (
