@@ -22,6 +22,7 @@ from pandera.typing import Series
 
 CHANNELS = ("web", "store", "catalog", "other")
 NON_BLANK = r"^\s*\S"
+SURROUNDING_SPACE = r"^[ \t\n\r\f\v]|[ \t\n\r\f\v]$"  # ASCII whitespace: the same in Python and DuckDB
 
 # Strict ISO 8601 parsing: a guessing parser silently swaps day and month in dd-mm-yyyy data.
 _ISO = {"to_datetime_kwargs": {"format": "ISO8601"}}
@@ -78,6 +79,11 @@ class Product(pa.DataFrameModel):
     )
     price: Series[float] = pa.Field(required=False, nullable=True, ge=0, description="List price per unit; >= 0 when known.")
 
+    @pa.check("product_category", name="no_surrounding_spaces")
+    def product_category_no_surrounding_spaces(cls, product_category: Series[str]) -> Series[bool]:
+        # "Wines " beside "Wines" would silently be a second category, with its own affinity and scores.
+        return product_category.isna() | ~product_category.str.contains(SURROUNDING_SPACE, regex=True)
+
     class Config:
         coerce = True
         strict = False
@@ -130,6 +136,7 @@ SQL_CHECKS: dict[str, Callable[[str], str]] = {
         f"{column} <= timestamp '{(_now_naive_utc() + FUTURE_TOLERANCE).isoformat(sep=' ')}'"
     ),
     "not_after_this_year": lambda column: f"{column} <= {datetime.now(timezone.utc).year}",
+    "no_surrounding_spaces": lambda column: f"not regexp_matches({column}, '{SURROUNDING_SPACE}')",
 }
 
 

@@ -66,6 +66,7 @@ _RULE_MEANINGS = {
     "schema:column_in_contract": "column is not in the contract (strict contract)",
     "validity:not_in_future": "must not be in the future",
     "validity:not_after_this_year": "must not be after this year",
+    "validity:no_surrounding_spaces": "has spaces before or after it ('Wines ' would be a second category beside 'Wines')",
     "validity:symmetric_pair_counts": "every A -> B needs a B -> A with the same pair count",
 }
 

@@ -274,6 +274,12 @@ CASES = [
         message="purchase.csv: the header line is not UTF-8 text",
     ),
     Case(
+        "category_with_a_trailing_space",  # 'Fish ' beside 'Fish' would be a second category
+        replace_line("product.csv", "P3,Salmon,Fish,15", "P3,Salmon,Fish ,15"),
+        {"audit__products_contract"},
+        {("audit/products", "contract"): {"validity:no_surrounding_spaces": {"product_category": 1}}},
+    ),
+    Case(
         "semicolon_separated",
         edit("purchase.csv", lambda text: text.replace(",", ";")),
         {"audit__purchases"},
