@@ -167,7 +167,7 @@ class GateReport:
         if self.passed:
             return f"contract {self.contract}: all {self.rows_checked} rows passed"
         parts = [f"{r.rule} on {r.column}: {r.failing_count}" for r in self.failures.itertuples()]
-        return f"contract {self.contract} failed on {self.rows_checked} rows checked: " + "; ".join(parts)
+        return f"contract {self.contract} failed ({self.rows_checked:,} rows checked): " + "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
