@@ -155,23 +155,24 @@ STRAY_LINES_SHARE = 0.001
 STRAY_SPAN_SHARE = 0.1
 
 
-def history_start(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, int]:
-    """Where the purchase history starts for the time split, and how many older lines it leaves
-    out as stray dates (0 when the oldest purchase is the start; see :data:`STRAY_LINES_SHARE`)."""
+def history_span(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, pd.Timestamp | None, int]:
+    """Where the purchase history starts for the time split, the newest purchase, and how many
+    older lines the start leaves out as stray dates (0 when it is the oldest purchase; see
+    :data:`STRAY_LINES_SHARE`). (None, None, 0) without purchases."""
     [(first, core, last)] = conn.execute(
         f"select min(purchase_date), quantile_disc(purchase_date, {STRAY_LINES_SHARE}), max(purchase_date) from purchases"
     ).fetchall()
     if first is None:
-        return None, 0
+        return None, None, 0
     first, core, last = pd.Timestamp(first), pd.Timestamp(core), pd.Timestamp(last)
     if core - first <= (last - first) * STRAY_SPAN_SHARE:
-        return first, 0
+        return first, last, 0
     threshold = core - (last - core) * STRAY_SPAN_SHARE
     [(start, stray)] = conn.execute(
         "select min(purchase_date) filter (where purchase_date >= $t), count(*) filter (where purchase_date < $t) from purchases",
         {"t": threshold.to_pydatetime()},
     ).fetchall()
-    return pd.Timestamp(start), int(stray)
+    return pd.Timestamp(start), last, int(stray)
 
 
 def purchase_span(conn: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:

@@ -6,7 +6,7 @@ least ``min_positives`` first purchases of a category after the cutoff), a *time
 
 * cutoff = oldest purchase + ``cutoff_quantile`` x (newest - oldest purchase), 0.75 by default,
   where a handful of stray dates long before the rest do not count as the oldest purchase
-  (:func:`cross_sell.scoring.features.history_start`);
+  (:func:`cross_sell.scoring.features.history_span`);
 * features from purchases on or before the cutoff (:mod:`cross_sell.scoring.features`);
 * one row per (customer who existed at the cutoff, category they had not bought by then);
 * label = they bought that category after the cutoff, i.e. in the *label window* that runs to
@@ -83,7 +83,7 @@ from cross_sell.scoring.features import (
     RuleStatistics,
     data_fingerprint,
     load_profiles,
-    history_start,
+    history_span,
     metrics_unusable,
     pair_features,
     profiles_from_metrics,
@@ -193,10 +193,9 @@ def _candidates(profiles: Profiles, label: np.ndarray, rows: np.ndarray) -> tupl
 
 def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> TrainingSet:
     """Time split where the dates allow, else the cross-sectional fallback (see module doc)."""
-    _, last = purchase_span(conn)
+    first, last, stray = history_span(conn)
     if last is None:
         raise ValueError("there are no purchases: the cross-sell model has nothing to learn from")
-    first, stray = history_start(conn)
     span_days = (last - first).total_seconds() / 86400
     if span_days >= params.min_span_days:
         cutoff = first + (last - first) * params.cutoff_quantile
