@@ -19,6 +19,7 @@ from dagster_duckdb import DuckDBResource
 
 from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell.resources import InputFiles
+from cross_sell.scoring.design import MAX_SHARE_CATEGORIES
 from cross_sell_tests.conftest import SHARED_DATASETS, read_table
 
 SPEND_SUMMARY = SHARED_DATASETS / "marketing_campaign.csv"
@@ -212,10 +213,10 @@ def test_basket_log_runs_the_whole_graph_on_the_published_file(tmp_path: Path) -
 
     products = read_table(warehouse, "products")
     assert len(products) == raw["item"].nunique() == 167
-    # 167 categories: the model keeps share features for the 30 most bought only (see design.share_categories).
+    # 167 categories: the model keeps share features for the most bought only (see design.share_categories).
     features = materialization_metadata(result, "cross_sell_model")["features"].value
     spend_shares = [f for f in features if f.startswith("spend_share[")]
-    assert len(spend_shares) == len([f for f in features if f.startswith("order_share[")]) == 30
+    assert len(spend_shares) == len([f for f in features if f.startswith("order_share[")]) == MAX_SHARE_CATEGORIES
     assert {f[len("spend_share["):-1] for f in spend_shares} <= set(products["product_category"])
     assert (products["product_category"] == products["product_name"]).all()
     assert not products["product_name"].str.endswith(" ").any()

@@ -13,7 +13,7 @@ hold those aggregates, and scoring reads them instead while they are current
 Per customer (the same definitions as ``customer_metrics``, evaluated as of ``as_of``):
 
 * **profile**: for every category, its share of the customer's spend and of their orders (the
-  model codes them for at most 30 categories: :func:`cross_sell.scoring.design.share_categories`);
+  model codes them for at most 10 categories: :func:`cross_sell.scoring.design.share_categories`);
 * **metrics**: orders, purchase frequency (orders per 30 days of the active window, at least
   30 days), total spend, average order value, recency and tenure in days, categories owned;
 * **demographics**: age (in the as-of year), income, education, marital status, country.

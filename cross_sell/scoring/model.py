@@ -94,7 +94,7 @@ from cross_sell.scoring.logic import rule_scores
 from cross_sell.warehouse import table_exists, transaction
 
 # Bump when the features or the training procedure change, so old artifacts are not reused.
-MODEL_CODE_VERSION = "5"
+MODEL_CODE_VERSION = "6"
 TIME_SPLIT = "time_split"
 CROSS_SECTIONAL = "cross_sectional"
 ARTIFACT_PREFIX = "cross_sell_model-"
