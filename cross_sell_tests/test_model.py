@@ -185,9 +185,10 @@ def test_time_split_rows_labels_and_features_are_as_of_the_cutoff(tiny_data: Pat
     assert training.strategy == ml.TIME_SPLIT
     assert training.cutoff == pd.Timestamp("2025-01-01 10:00") + (pd.Timedelta(days=90) - pd.Timedelta(hours=1)) * 0.75
     profiles = training.profiles
-    ids = profiles.customer_ids[training.ci]
-    cats = np.asarray(profiles.categories)[training.ki]
-    rows = sorted(zip(ids, cats, training.label))
+    every = ml.all_rows(training)
+    ids = profiles.customer_ids[every.ci]
+    cats = np.asarray(profiles.categories)[every.ki]
+    rows = sorted(zip(ids, cats, every.label))
     # Before the cutoff: C1 and C2 had Wines and Meat, C3 Wines (C3's Fish came after), C4 nothing
     # but had signed up. Every category a customer lacked at the cutoff is a row; C3's Fish is the one positive.
     assert rows == [
@@ -198,6 +199,33 @@ def test_time_split_rows_labels_and_features_are_as_of_the_cutoff(tiny_data: Pat
     assert c3.recency_days == 7  # last order 2025-03-02, cutoff on 2025-03-09
     assert c3.log_total_spend == pytest.approx(math.log1p(10))  # the 15 spent on Fish came later
     assert profiles.spend_share[2].tolist() == [0.0, 0.0, 1.0]  # Fish, Meat, Wines
+
+
+def test_training_and_evaluation_rows_are_drawn_without_listing_every_candidate(sample: Built) -> None:
+    """split_customers draws its rows from the candidate masks by rank; the rows must be exactly
+    those of listing every candidate row and drawing from the list with the same seeded generator
+    (held-out customers first, then the evaluation customers, then the training rows)."""
+    with duckdb.connect(str(sample.warehouse), read_only=True) as conn:
+        training = ml.build_training_set(conn, ml.ModelParams())
+    every = ml.all_rows(training)
+    n = training.profiles.shape[0]
+    for params in (ml.ModelParams(max_train_rows=5_000, max_eval_customers=100), ml.ModelParams()):
+        train, evaluation = ml.split_customers(training, params)
+        rng = np.random.default_rng([params.seed, sum(b"split")])
+        held_out = rng.random(n) < params.holdout_share
+        eval_customers = np.flatnonzero(held_out & (np.bincount(every.ci, minlength=n) > 0))
+        if len(eval_customers) > params.max_eval_customers:
+            eval_customers = np.sort(rng.choice(eval_customers, params.max_eval_customers, replace=False))
+        listed = np.flatnonzero(~held_out[every.ci])
+        if len(listed) > params.max_train_rows:
+            listed = np.sort(rng.choice(listed, params.max_train_rows, replace=False))
+        in_eval = np.isin(every.ci, eval_customers)
+        for rows, reference in ((train, listed), (evaluation, np.flatnonzero(in_eval))):
+            np.testing.assert_array_equal(rows.ci, every.ci[reference])
+            np.testing.assert_array_equal(rows.ki, every.ki[reference])
+            np.testing.assert_array_equal(rows.label, every.label[reference])
+        assert len(train) == min(params.max_train_rows, int((~held_out[every.ci]).sum()))
+        assert train.label.any() and evaluation.label.any()
 
 
 def test_a_stray_old_date_does_not_move_the_cutoff(sample: Built, tmp_path: Path) -> None:
@@ -242,16 +270,13 @@ def test_cross_sectional_fallback_when_dates_do_not_allow(tmp_path: Path) -> Non
         other_seed = ml.build_training_set(conn, ml.ModelParams(seed=7))
     # Exactly one hidden category per customer who bought anything, one they really bought, and
     # gone from the visible profile the features are computed from.
-    label = np.zeros(full.shape, dtype=bool)
-    label[training.ci[training.label], training.ki[training.label]] = True
+    label = training.label
     owners = full.owned.any(axis=1)
     assert (label.sum(axis=1) == owners).all()
     assert full.owned[label].all() and not training.profiles.owned[label].any()
     assert (training.profiles.owned | label == full.owned).all()
     # Seeded: another seed hides other categories.
-    other = np.zeros(full.shape, dtype=bool)
-    other[other_seed.ci[other_seed.label], other_seed.ki[other_seed.label]] = True
-    assert (other != label).any()
+    assert (other_seed.label != label).any()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,15 +137,18 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """Labelled (customer, candidate category) rows with the features they are built from."""
+    """Labelled (customer, candidate category) rows with the features they are built from.
+
+    The rows are kept as two (customers, categories) masks, not as a list: ``candidate`` marks the
+    cells that are rows and ``label`` the positives among them. Tens of millions of candidate rows
+    are never listed, only the ones that training and evaluation draw (:func:`split_customers`)."""
 
     strategy: str
     profiles: Profiles
     rules: RuleStatistics
     pairs: PairFeatures
-    ci: np.ndarray
-    ki: np.ndarray
-    label: np.ndarray
+    candidate: np.ndarray  # (n, k) bool: the (customer, category) cells that are rows
+    label: np.ndarray  # (n, k) bool: the positive rows (False outside ``candidate``)
     newest_purchase: pd.Timestamp
     cutoff: pd.Timestamp | None
     label_window_days: float | None
@@ -180,15 +183,33 @@ def _seed(params: ModelParams, stream: str) -> np.random.Generator:
     return np.random.default_rng([params.seed, sum(stream.encode())])
 
 
-def _candidates(profiles: Profiles, label: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer, category, label) for every category each customer in ``rows`` lacks."""
+def _candidates(profiles: Profiles, label: np.ndarray, customers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate mask (every category each customer in ``customers`` lacks) and the label
+    restricted to it."""
     mask = np.zeros(profiles.shape[0], dtype=bool)
-    mask[rows] = True
+    mask[customers] = True
     candidate = ~profiles.owned & mask[:, None]
-    # Flat positions, split into row and column: half the time of a 2-D nonzero and a 2-D gather.
-    flat = np.flatnonzero(candidate)
-    ci, ki = np.divmod(flat, candidate.shape[1])
-    return ci.astype(np.int32), ki.astype(np.int32), label.reshape(-1)[flat]
+    return candidate, label & candidate
+
+
+def _cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(customer, category) indices of the True cells of a (customers, categories) mask, in
+    customer then category order. Flat positions split into row and column: half the time of a
+    2-D nonzero."""
+    ci, ki = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    return ci.astype(np.int32), ki.astype(np.int32)
+
+
+def _nth_cells(mask: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cells of rank ``ranks`` (sorted) among the True cells of ``mask`` in customer then
+    category order: ``_cells(mask)`` at ``ranks``, without listing every cell."""
+    per_customer = mask.sum(axis=1, dtype=np.int64)
+    ends = np.cumsum(per_customer)
+    ci = np.searchsorted(ends, ranks, side="right")
+    within = ranks - (ends[ci] - per_customer[ci])  # 0-based rank inside the customer's row
+    seen = np.cumsum(mask[ci], axis=1, dtype=np.int32)
+    ki = np.argmax(seen > within[:, None], axis=1)
+    return ci.astype(np.int32), ki.astype(np.int32)
 
 
 def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> TrainingSet:
@@ -200,16 +221,16 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> 
     if span_days >= params.min_span_days:
         cutoff = first + (last - first) * params.cutoff_quantile
         profiles = load_profiles(conn, cutoff)
-        label = profiles.bought_after & ~profiles.owned
-        ci, ki, y = _candidates(profiles, label, np.flatnonzero(profiles.active))
-        if int(y.sum()) >= params.min_positives:
+        candidate, label = _candidates(profiles, profiles.bought_after, np.flatnonzero(profiles.active))
+        positives = int(np.count_nonzero(label))
+        if positives >= params.min_positives:
             rules = rule_statistics(profiles.owned)
             return TrainingSet(
-                TIME_SPLIT, profiles, rules, pair_features(profiles, rules), ci, ki, y, last, cutoff,
+                TIME_SPLIT, profiles, rules, pair_features(profiles, rules), candidate, label, last, cutoff,
                 round((last - cutoff).total_seconds() / 86400, 2), None, stray,
             )
         reason = (
-            f"only {int(y.sum())} first purchases of a category after the cutoff {cutoff:%Y-%m-%d} "
+            f"only {positives} first purchases of a category after the cutoff {cutoff:%Y-%m-%d} "
             f"(min_positives {params.min_positives})"
         )
     else:
@@ -222,30 +243,54 @@ def build_training_set(conn: duckdb.DuckDBPyConnection, params: ModelParams) -> 
     profiles = load_profiles(conn, last, hidden=(owners, hidden))
     label = np.zeros(profiles.shape, dtype=bool)
     label[owners, hidden] = True
-    ci, ki, y = _candidates(profiles, label, owners)
+    candidate, label = _candidates(profiles, label, owners)
     rules = rule_statistics(profiles.owned)
     return TrainingSet(
-        CROSS_SECTIONAL, profiles, rules, pair_features(profiles, rules), ci, ki, y, last, None, None, reason
+        CROSS_SECTIONAL, profiles, rules, pair_features(profiles, rules), candidate, label, last, None, None, reason
     )
 
 
-def split_customers(training: TrainingSet, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices for training and for evaluation: a seeded share of customers is held out
-    entirely; training rows are subsampled to ``max_train_rows``, evaluation customers to
-    ``max_eval_customers``."""
+@dataclass(frozen=True)
+class Rows:
+    """(customer, category) rows of a training set, in customer then category order, with labels."""
+
+    ci: np.ndarray  # int32
+    ki: np.ndarray  # int32
+    label: np.ndarray  # bool
+
+    @classmethod
+    def at(cls, training: TrainingSet, ci: np.ndarray, ki: np.ndarray) -> Rows:
+        return cls(ci, ki, training.label[ci, ki])
+
+    def __len__(self) -> int:
+        return len(self.ci)
+
+
+def all_rows(training: TrainingSet) -> Rows:
+    """Every candidate row of a training set (tens of millions at scale: for small data and tests)."""
+    return Rows.at(training, *_cells(training.candidate))
+
+
+def split_customers(training: TrainingSet, params: ModelParams) -> tuple[Rows, Rows]:
+    """Rows for training and for evaluation: a seeded share of customers is held out entirely;
+    training rows are subsampled to ``max_train_rows`` (a seeded uniform draw among the candidate
+    rows of the other customers), evaluation customers to ``max_eval_customers``. Only the drawn
+    rows are listed."""
     n = training.profiles.shape[0]
     rng = _seed(params, "split")
     held_out = rng.random(n) < params.holdout_share
-    has_rows = np.bincount(training.ci, minlength=n) > 0
-    eval_customers = np.flatnonzero(held_out & has_rows)
+    eval_customers = np.flatnonzero(held_out & training.candidate.any(axis=1))
     if len(eval_customers) > params.max_eval_customers:
         eval_customers = np.sort(rng.choice(eval_customers, params.max_eval_customers, replace=False))
     in_eval = np.zeros(n, dtype=bool)
     in_eval[eval_customers] = True
-    train_rows = np.flatnonzero(~held_out[training.ci])
-    if len(train_rows) > params.max_train_rows:
-        train_rows = np.sort(rng.choice(train_rows, params.max_train_rows, replace=False))
-    return train_rows, np.flatnonzero(in_eval[training.ci])
+    evaluation = Rows.at(training, *_cells(training.candidate & in_eval[:, None]))
+    trainable = training.candidate & ~held_out[:, None]
+    total = int(np.count_nonzero(trainable))
+    if total > params.max_train_rows:
+        ranks = np.sort(rng.choice(total, params.max_train_rows, replace=False))
+        return Rows.at(training, *_nth_cells(trainable, ranks)), evaluation
+    return Rows.at(training, *_cells(trainable)), evaluation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,16 +449,16 @@ def verify_tables(model: TrainedModel, profiles: Profiles, pairs: PairFeatures, 
     return gap
 
 
-def _fit(training: TrainingSet, rows: np.ndarray, params: ModelParams) -> tuple[object, str, FeatureEncoder]:
+def _fit(training: TrainingSet, rows: Rows, params: ModelParams) -> tuple[object, str, FeatureEncoder]:
     """Encode, fit and calibrate. Small training sets: 3-fold cross-validated calibration (the
     calibrator learns from out-of-fold predictions, the model is then refit on every row).
     From ``CALIBRATION_HOLDOUT_ROWS`` rows on: one fit on 80 % of the rows and the calibrator on
     the other 20 % (stratified), which costs one fit instead of four and still leaves tens of
     thousands of rows for two sigmoid parameters."""
-    ci, ki = training.ci[rows], training.ki[rows]
+    ci, ki = rows.ci, rows.ki
     encoder = FeatureEncoder.fit(training.profiles, training.pairs, ci, ki, params.seed)
     x = encoder.matrix(encoder.codes(training.profiles, training.pairs, ci, ki))
-    y = training.label[rows].astype(np.int8)
+    y = rows.label.astype(np.int8)
     positives, negatives = int(y.sum()), int(len(y) - y.sum())
     if min(positives, negatives) < 2:
         # Too little to learn from: a calibrated constant (the observed rate) is the honest answer.
@@ -471,7 +516,7 @@ def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: 
     model = TrainedModel(estimator=estimator, version=version, metadata={}, encoder=encoder, tables=tables)
     t2 = time.perf_counter()
     categories = training.profiles.categories
-    eci, eki, ey = training.ci[eval_rows], training.ki[eval_rows], training.label[eval_rows]
+    eci, eki, ey = eval_rows.ci, eval_rows.ki, eval_rows.label
     verify_tables(model, training.profiles, training.pairs, params.seed)
     scores = {ev.MODEL: predict_rows(model, training.profiles, training.pairs, eci, eki)}
     scores.update(baseline_scores(training, eci, eki, params))
@@ -491,10 +536,10 @@ def train(conn: duckdb.DuckDBPyConnection, params: ModelParams, *, fingerprint: 
         "label_window_days": training.label_window_days,
         "customers": int(training.profiles.shape[0]),
         "categories": categories,
-        "candidate_rows": int(len(training.ci)),
-        "candidate_positives": int(training.label.sum()),
-        "training_rows": int(len(train_rows)),
-        "training_positives": int(training.label[train_rows].sum()),
+        "candidate_rows": int(np.count_nonzero(training.candidate)),
+        "candidate_positives": int(np.count_nonzero(training.label)),
+        "training_rows": len(train_rows),
+        "training_positives": int(np.count_nonzero(train_rows.label)),
         "evaluation_customers": evaluation.customers,
         "evaluation_rows": evaluation.rows,
         "evaluation_positives": evaluation.positives,
