@@ -31,6 +31,7 @@ from cross_sell.serving import exports as ex
 from cross_sell.serving import locations, roles
 from cross_sell.serving.assets import VIEW_CHECK, VIEW_KEYS, view_key
 from cross_sell.serving.manifest import MANIFEST_NAME, REFERENCE_NAME, interface_fingerprint
+from cross_sell.serving.row_order import in_key_order
 from cross_sell.serving.semantic import AGE_BAND_EDGES, MODEL, Column, Relationship, age_band_labels, render_reference, verify_views
 from cross_sell_tests.conftest import PROJECT_ROOT, make_resources, write_tiny_dataset
 
@@ -245,6 +246,38 @@ def test_view_check_counts_duplicate_and_null_keys_exactly(tiny: Served, tmp_pat
         problems = verify_views(conn)["total_spend"].problems
     assert 'grain ("customer_id") is not unique: 1 duplicate rows' in problems
     assert "1 rows have a null key" in problems
+
+
+def test_view_check_proves_the_opportunity_grain_from_the_scores_order(tiny: Served, tmp_path: Path) -> None:
+    """The opportunities' rows are the scores' rows (rows_of): scores stored in strictly increasing
+    grain order prove the grain unique without hashing it, unless the recommendations join adds
+    rows. A repeated pair stored in order, or a repeated recommendation, is still counted exactly."""
+    opportunities = MODEL.view("cross_sell_opportunities")
+    assert opportunities.rows_of == "cross_sell_scores" and opportunities.rows_of in opportunities.depends_on
+    grain = ["customer_id", "product_category"]
+    copy = _copy(tiny, tmp_path)
+    with duckdb.connect(str(copy.warehouse)) as conn:
+        assert in_key_order(conn, "cross_sell_scores", grain, strict=True)
+        assert verify_views(conn)["cross_sell_opportunities"].passed
+        # A repeated pair, stored in key order: in order, but not strictly.
+        conn.execute(
+            "create or replace table main.cross_sell_scores as select * from "
+            "(select * from main.cross_sell_scores union all (select * from main.cross_sell_scores limit 1)) order by all"
+        )
+        assert in_key_order(conn, "cross_sell_scores", grain) and not in_key_order(conn, "cross_sell_scores", grain, strict=True)
+        assert 'grain ("customer_id", "product_category") is not unique: 1 duplicate rows' in verify_views(conn)["cross_sell_opportunities"].problems
+
+    copy = _copy(tiny, tmp_path / "repeated_offer")
+    with duckdb.connect(str(copy.warehouse)) as conn:
+        conn.execute("insert into main.cross_sell_recommendations select * from main.cross_sell_recommendations limit 1")
+        assert in_key_order(conn, "cross_sell_scores", grain, strict=True)  # the scores alone prove nothing about the join
+        problems = verify_views(conn)["cross_sell_opportunities"].problems
+    assert 'grain ("customer_id", "product_category") is not unique: 1 duplicate rows' in problems
+
+    broken = dataclasses.replace(
+        MODEL, views=tuple(dataclasses.replace(v, rows_of="customer_metrics") if v is opportunities else v for v in MODEL.views)
+    )
+    assert any("rows_of 'customer_metrics' is not among the tables it reads" in p for p in broken.problems())
 
 
 def test_reference_page_is_rendered_from_the_spec(tiny: Served) -> None:
@@ -522,7 +555,7 @@ def test_exports_sort_only_tables_not_stored_in_key_order(tiny: Served, tmp_path
         big = (ex.Export("big", "k, j", "test"),)
         assert ex.in_key_order(conn, "big", ["k", "j"]) and not ex.in_key_order(conn, "big", ["j", "k"])
         fast = ex.export_tables(conn, tmp_path / "fast", big)
-        monkeypatch.setattr(ex, "in_key_order", lambda *args: False)
+        monkeypatch.setattr(ex, "in_key_order", lambda *args, **kwargs: False)
         sorted_big = ex.export_tables(conn, tmp_path / "sorted", big)
         always_sorted = ex.export_tables(conn, tmp_path / "always_sorted")
     assert [f["sha256"] for f in fast["files"]] == [f["sha256"] for f in sorted_big["files"]]

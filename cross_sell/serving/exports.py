@@ -2,8 +2,8 @@
 
 Each export is one published table written by DuckDB (``COPY ... TO`` Parquet, zstd, rows in key
 order so unchanged data gives byte-identical files). A table whose rows are already stored in key
-order (checked row against next row, see :func:`in_key_order`) is written as stored, which gives
-the same file without sorting it again. All files are first written under temporary
+order (checked row against next row: :func:`cross_sell.serving.row_order.in_key_order`) is written
+as stored, which gives the same file without sorting it again. All files are first written under temporary
 names in the export folder; only when every one of them is complete are they renamed over the
 published names (``os.replace``, atomic on one file system), and then the index is replaced the
 same way. A reader therefore sees the previous file or the new one, never a partial file, and a
@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
+
+from cross_sell.serving.row_order import in_key_order
 
 INDEX_NAME = "index.json"
 PUBLISHED_SCHEMA = "main"
@@ -94,66 +95,6 @@ def _columns(conn: duckdb.DuckDBPyConnection, table: str) -> list[dict[str, str]
     return [{"name": name, "type": dtype} for name, dtype in rows]
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _not_after(keys: list[str], a: str = "a", b: str = "b") -> str:
-    """SQL: row ``a`` sorts before or equal to row ``b`` by ``keys`` (lexicographic, ascending);
-    NULL (unknown) when a key is null."""
-    condition = f"{a}.{_ident(keys[-1])} <= {b}.{_ident(keys[-1])}"
-    for k in reversed(keys[:-1]):
-        condition = f"({a}.{_ident(k)} < {b}.{_ident(k)} or ({a}.{_ident(k)} = {b}.{_ident(k)} and {condition}))"
-    return condition
-
-
-def in_key_order(conn: duckdb.DuckDBPyConnection, table: str, keys: list[str]) -> bool:
-    """Whether ``COPY (select * from table)`` writes the rows in the same order as ``order by keys``.
-
-    True only when it is proven: the relation is a table, insertion order is preserved (DuckDB's
-    default), the row ids are 0..n-1 (storage order, no gaps), and every row's keys sort before or
-    equal to the next row's (a comparison with a null key proves nothing). Rows are paired with the
-    next one by a positional join of two scans (one join per slice of row ids, so the slices run in
-    parallel), and every pair is checked to be (row id, row id + 1), so a pairing out of step cannot
-    pass. One streaming pass instead of a sort of the whole table; anything unproven falls back to
-    sorting."""
-    if any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) or k.lower() == "__row" for k in keys):
-        return False  # an ORDER BY expression (desc, collate, ...) is not a plain key list
-    if str(conn.execute("select current_setting('preserve_insertion_order')").fetchone()[0]).lower() != "true":
-        return False
-    is_table = conn.execute(
-        "select count(*) from duckdb_tables() where database_name = current_database() and schema_name = ? and table_name = ?",
-        [PUBLISHED_SCHEMA, table],
-    ).fetchone()[0]
-    if not is_table:
-        return False  # a view has no row ids to prove its order with
-    relation = f"{PUBLISHED_SCHEMA}.{_ident(table)}"
-    rows, first, last = conn.execute(f"select count(*), min(rowid), max(rowid) from {relation}").fetchone()
-    if rows <= 1:
-        return rows == 0 or first == 0
-    if first != 0 or last != rows - 1:
-        return False
-    columns = ", ".join(_ident(k) for k in keys)
-    threads = int(conn.execute("select current_setting('threads')").fetchone()[0])
-    chunks = max(1, min(threads, rows // 100_000))  # a positional join runs on one thread: one per thread
-    edges = [round(i * (rows - 1) / chunks) for i in range(chunks + 1)]
-
-    def scan(lo: int, hi: int) -> str:
-        return f"select rowid as __row, {columns} from {relation} where rowid >= {lo} and rowid < {hi}"
-
-    pairs_sql = [  # row r next to row r + 1, for every r in [lo, hi)
-        f"""select count(b.__row) as pairs,
-                   count(*) filter (where b.__row is not null and b.__row <> a.__row + 1) as out_of_step,
-                   count(*) filter (where b.__row is not null and ({_not_after(keys)}) is not true) as unsorted
-            from ({scan(lo, hi)}) a positional join ({scan(lo + 1, hi + 1)}) b"""
-        for lo, hi in zip(edges, edges[1:])
-    ]
-    pairs, out_of_step, unsorted = conn.execute(
-        f"select sum(pairs), sum(out_of_step), sum(unsorted) from ({' union all '.join(pairs_sql)})"
-    ).fetchone()
-    return pairs == rows - 1 and out_of_step == 0 and unsorted == 0
-
-
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a text file under a temporary name, then rename it over ``path`` (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +119,7 @@ def export_tables(
         for export in exports:
             columns = _columns(conn, export.table)
             staging = out_dir / f".{export.file}.{uuid.uuid4().hex}.tmp"
-            order = "" if in_key_order(conn, export.table, export.keys) else f" order by {export.order_by}"
+            order = "" if in_key_order(conn, export.table, export.keys, schema=PUBLISHED_SCHEMA) else f" order by {export.order_by}"
             written = conn.execute(
                 f"copy (select * from {PUBLISHED_SCHEMA}.{export.table}{order}) "
                 f"to {_literal(str(staging))} (format parquet, compression zstd)"

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import duckdb
 
+from cross_sell.serving.row_order import in_key_order
+
 SCHEMA = "semantic"
 PUBLISHED_SCHEMA = "main"
 
@@ -113,6 +115,10 @@ class View:
     where: str | None = None
     aggregate: bool = False  # group by every non-measure column (GROUP BY ALL)
     example: str | None = None
+    # The published table whose rows are the view's rows, one for one: the view reads it and adds
+    # columns by left joins, and its grain columns are that table's columns of the same names.
+    # verify_views then proves the grain unique from the table's stored order (see there).
+    rows_of: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -170,6 +176,8 @@ class SemanticModel:
                 found.append(f"{v.name}: column names are not unique")
             if not v.grain:
                 found.append(f"{v.name}: no key column (grain)")
+            if v.rows_of is not None and v.rows_of not in v.depends_on:
+                found.append(f"{v.name}: rows_of {v.rows_of!r} is not among the tables it reads")
             if v.kind not in (DIMENSION, MEASURE):
                 found.append(f"{v.name}: kind must be dimension or measure")
             for c in v.columns:
@@ -308,6 +316,7 @@ MODEL = SemanticModel(
                 "on r.customer_id = s.customer_id and r.product_category = s.product_category"
             ),
             depends_on=("cross_sell_scores", "cross_sell_recommendations"),
+            rows_of="cross_sell_scores",
             columns=(
                 Column("customer_id", "VARCHAR", "Business key of the customer.", KEY, expr="s.customer_id"),
                 Column("product_category", "VARCHAR", "A category the customer has not bought yet.", KEY, expr="s.product_category"),
@@ -418,6 +427,14 @@ def _actual_types(conn: duckdb.DuckDBPyConnection, schema: str, name: str) -> di
     return dict(rows)
 
 
+def _rows_in_strict_grain_order(conn: duckdb.DuckDBPyConnection, view: View) -> int | None:
+    """The row count of the view's ``rows_of`` table when that table is stored in strictly
+    increasing order of the view's grain (so the grain is unique in it); None otherwise."""
+    if view.rows_of is None or not in_key_order(conn, view.rows_of, list(view.grain), schema=PUBLISHED_SCHEMA, strict=True):
+        return None
+    return int(conn.execute(f'select count(*) from {PUBLISHED_SCHEMA}."{view.rows_of}"').fetchone()[0])
+
+
 def verify_views(conn: duckdb.DuckDBPyConnection, model: SemanticModel = MODEL, schema: str = SCHEMA) -> dict[str, ViewReport]:
     """Check every view against the spec: columns and types as declared, grain unique and not null,
     and every relationship that starts at the view resolves (no orphan keys, one-to-one is one-to-one)."""
@@ -438,10 +455,18 @@ def verify_views(conn: duckdb.DuckDBPyConnection, model: SemanticModel = MODEL, 
         null_keys = " or ".join(f'"{k}" is null' for k in view.grain)
         # Every aggregate of the view's checks in one pass over it (a view over millions of rows is
         # evaluated once, not once per rule); identical aggregates are computed once. Uniqueness is
-        # first counted on a 64-bit hash of the grain (cheaper than on the key values): equal keys
-        # have equal hashes, so as many distinct hashes as rows proves the grain unique. Only
-        # otherwise, or with null keys, is the exact distinct count taken, in a second pass.
-        count, unique, null = "count(*)", f"count(distinct hash({grain}))", f"count(*) filter (where {null_keys})"
+        # proven the cheapest way that proves it:
+        # * a view whose rows are the rows of one table (``rows_of``): that table stored in strictly
+        #   increasing grain order (one streaming pass, no key is hashed) has a unique grain, and
+        #   as many view rows as table rows means the left joins added no row, so the view's grain
+        #   is unique too;
+        # * else, a 64-bit hash of the grain counted distinct (cheaper than the key values): equal
+        #   keys have equal hashes, so as many distinct hashes as rows proves the grain unique.
+        # Only when neither proves it, or with null keys, is the exact distinct count taken, in a
+        # second pass.
+        ordered_rows = _rows_in_strict_grain_order(conn, view)
+        count, null = "count(*)", f"count(*) filter (where {null_keys})"
+        unique = f"count(distinct hash({grain}))" if ordered_rows is None else count
         aggregates = [count, unique, null]
         rules: list[tuple[Relationship, str, str | None]] = []
         for r in model.relationships:
@@ -457,6 +482,8 @@ def verify_views(conn: duckdb.DuckDBPyConnection, model: SemanticModel = MODEL, 
         aggregates = list(dict.fromkeys(aggregates))
         values = dict(zip(aggregates, conn.execute(f"select {', '.join(aggregates)} from {relation} f").fetchone()))
         rows, distinct, nulls = values[count], values[unique], values[null]
+        if ordered_rows is not None and ordered_rows != rows:
+            distinct = -1  # the joins added rows: not proven, count exactly below
         if distinct != rows or nulls:
             distinct = conn.execute(f"select count(distinct ({grain})) from {relation}").fetchone()[0]
         if distinct != rows:
