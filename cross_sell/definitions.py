@@ -18,7 +18,7 @@ from cross_sell.ingest.assets import gate_checks, landing_assets, publish_inputs
 from cross_sell.landing_files import landing_files_log
 from cross_sell.metrics.assets import customer_category_matrix, customer_metrics
 from cross_sell.resources import default_resources
-from cross_sell.scoring.assets import cross_sell_model, cross_sell_recommendations, cross_sell_scores
+from cross_sell.scoring.assets import cross_sell_model, cross_sell_scoring
 from cross_sell.serving.assets import serving_assets, serving_checks
 from cross_sell.slo_report import slo_report
 
@@ -30,8 +30,7 @@ ASSETS = [
     customer_category_matrix,
     product_affinity,
     cross_sell_model,
-    cross_sell_scores,
-    cross_sell_recommendations,
+    cross_sell_scoring,
     slo_report,
     *serving_assets,
 ]

@@ -521,9 +521,11 @@ def output_contract_spec(asset: str, model: type[pa.DataFrameModel]) -> dg.Asset
     )
 
 
-def output_gate(model: type[pa.DataFrameModel], df: pd.DataFrame) -> dg.AssetCheckResult:
-    """Validate a computed output before it is published."""
-    return check_result(validate_frame(frame_contract(model, df), df, require_rows=False), check_name=OUTPUT_CONTRACT)
+def output_gate(model: type[pa.DataFrameModel], df: pd.DataFrame, asset_key: dg.AssetKey | None = None) -> dg.AssetCheckResult:
+    """Validate a computed output before it is published (``asset_key``: needed when the step
+    materializes more than one asset)."""
+    report = validate_frame(frame_contract(model, df), df, require_rows=False)
+    return check_result(report, asset_key=asset_key, check_name=OUTPUT_CONTRACT)
 
 
 def gated_publish(
@@ -532,13 +534,15 @@ def gated_publish(
     model: type[pa.DataFrameModel],
     df: pd.DataFrame,
     metadata: dict,
+    asset_key: dg.AssetKey | None = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Write-audit-publish for a computed output: gate the frame, and replace the published table
     only if it passed. On failure the gate's result is reported and the step fails, so the
-    previous table stays and nothing downstream runs."""
-    gate = output_gate(model, df)
+    previous table stays and nothing downstream runs. ``asset_key``: the asset the results are
+    for, when the step materializes more than one."""
+    gate = output_gate(model, df, asset_key)
     if not gate.passed:
         yield gate
         raise GateFailedError(f"Gate {table}:{OUTPUT_CONTRACT} FAILED, {table} not published: {gate.description}")
     replace_with_frame(conn, table, df)
-    yield dg.MaterializeResult(metadata={"dagster/row_count": len(df), **metadata}, check_results=[gate])
+    yield dg.MaterializeResult(asset_key=asset_key, metadata={"dagster/row_count": len(df), **metadata}, check_results=[gate])

@@ -32,7 +32,7 @@ def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys
     assert not stale.exists()
 
     steps = {row[0]: float(row[1]) for row in _table(output, "step")}
-    assert {"publish_inputs", "cross_sell_model", "cross_sell_scores", "marketing_database"} <= set(steps)
+    assert {"publish_inputs", "cross_sell_model", "cross_sell_scoring", "marketing_database"} <= set(steps)
     groups = {row[0]: float(row[2]) for row in _table(output, "asset group")}
     assert {"ingest", "metrics", "affinity", "scoring", "serving"} <= set(groups)
     total = float(re.search(r"whole graph wall time +\| ([0-9.]+) s", output).group(1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -154,6 +155,28 @@ def test_scores_are_the_model_probabilities_and_reasons_explain_them(sample: Bui
     assert set(zip(ruled.customer_id, ruled.a)) <= bought
     published = affinity.loc[list(zip(ruled.a, ruled.product_category)), "lift"].to_numpy()
     assert np.allclose(ruled.lift, np.round(published, 1)) and (published > 1).all()
+
+
+def test_offers_made_in_the_scoring_step_equal_offers_made_from_the_published_scores(sample: Built, tmp_path: Path) -> None:
+    """Scores and offers are one step (cross_sell_scoring): the offers are ranked from the scores in
+    memory. Materializing the offers alone reads the published scores instead; both give the same
+    table, and selecting one asset materializes that one only."""
+    copy = tmp_path / "warehouse"
+    shutil.copytree(sample.warehouse.parent, copy)
+    alone = build(SAMPLE, copy / sample.warehouse.name, dg.AssetSelection.assets("cross_sell_recommendations"))
+    assert alone.result.success
+    assert {e.asset_key.to_user_string() for e in alone.result.get_asset_materialization_events()} == {"cross_sell_recommendations"}
+    key = "customer_id, rank"
+    pd.testing.assert_frame_equal(
+        read_table(alone.warehouse, "cross_sell_recommendations", key), read_table(sample.warehouse, "cross_sell_recommendations", key)
+    )
+    assert alone.metadata("cross_sell_recommendations")["customers_with_recommendations"] == (
+        sample.metadata("cross_sell_recommendations")["customers_with_recommendations"]
+    )
+    scores_only = build(SAMPLE, copy / sample.warehouse.name, dg.AssetSelection.assets("cross_sell_scores"))
+    assert {e.asset_key.to_user_string() for e in scores_only.result.get_asset_materialization_events()} == {"cross_sell_scores"}
+    [check] = scores_only.result.get_asset_check_evaluations()
+    assert check.asset_key.to_user_string() == "cross_sell_scores" and check.passed
 
 
 def test_features_as_of_the_newest_purchase_match_customer_metrics(sample: Built) -> None:

@@ -1,7 +1,8 @@
 """Scoring stage: a learned model of who buys which category next, its scores, and what to offer."""
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import dagster as dg
@@ -65,23 +66,6 @@ class RecommendationConfig(dg.Config):
     """How many categories to recommend per customer."""
 
     top_n: int = 3
-
-
-def _customer_profiles(conn) -> tuple[list[str], list[str], np.ndarray]:
-    """All customers, all categories (both sorted) and the boolean customer x category 'has bought' matrix."""
-    customers = conn.execute("select customer_id from customers order by customer_id").df()["customer_id"].tolist()
-    categories = [
-        r[0] for r in conn.execute("select distinct product_category from products order by 1").fetchall()
-    ]
-    pairs = conn.execute(
-        """with c as (select customer_id, (row_number() over (order by customer_id) - 1)::integer as ci from customers),
-                k as (select product_category, (row_number() over (order by product_category) - 1)::integer as ki
-                      from (select distinct product_category from products))
-           select c.ci, k.ki from customer_category_matrix m join c using (customer_id) join k using (product_category)"""
-    ).fetchnumpy()
-    owned = np.zeros((len(customers), len(categories)), dtype=bool)
-    owned[np.asarray(pairs["ci"]), np.asarray(pairs["ki"])] = True
-    return customers, categories, owned
 
 
 def _category_rules(conn) -> pd.DataFrame:
@@ -198,57 +182,151 @@ def beats_popularity(model: ml.TrainedModel) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset(
-    deps=["cross_sell_model", "customer_metrics", "customer_category_matrix", "customers", "products", "purchases"],
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"duckdb", "sklearn"},
+SCORES = dg.AssetKey("cross_sell_scores")
+RECOMMENDATIONS = dg.AssetKey("cross_sell_recommendations")
+SCORING_TAGS = {"data_product": "cross_sell"}
+
+
+@dataclass(frozen=True)
+class ScoreMatrix:
+    """Every customer's scores as a dense (customers, categories) matrix, NaN where there is no
+    score, with what each customer owns; customers and categories sorted as in the profiles."""
+
+    customers: Sequence[str]
+    categories: list[str]
+    owned: np.ndarray  # (n, k) bool
+    score: np.ndarray  # (n, k) float64
+
+    @classmethod
+    def from_scored(cls, scored: ml.Scored) -> "ScoreMatrix":
+        """The scores just computed, without reading them back from the warehouse."""
+        profiles = scored.profiles
+        n, k = profiles.shape
+        score = np.full(n * k, np.nan)
+        score[scored.ci.astype(np.int64) * k + scored.ki] = scored.score  # one flat index: cheaper than two
+        return cls(profiles.customer_ids, profiles.categories, profiles.owned, score.reshape(n, k))
+
+    @classmethod
+    def from_tables(cls, conn) -> "ScoreMatrix":
+        """The published scores, with ownership from customer_category_matrix (when the
+        recommendations are made without scoring in the same step)."""
+        customers = conn.execute("select customer_id from customers order by customer_id").df()["customer_id"].tolist()
+        categories = [r[0] for r in conn.execute("select distinct product_category from products order by 1").fetchall()]
+        codes = """with c as (select customer_id, (row_number() over (order by customer_id) - 1)::integer as ci from customers),
+                        k as (select product_category, (row_number() over (order by product_category) - 1)::integer as ki
+                              from (select distinct product_category from products))"""
+        pairs = conn.execute(
+            f"{codes} select c.ci, k.ki from customer_category_matrix m join c using (customer_id) join k using (product_category)"
+        ).fetchnumpy()
+        scores = conn.execute(
+            f"{codes} select c.ci, k.ki, s.score from cross_sell_scores s join c using (customer_id) join k using (product_category)"
+        ).fetchnumpy()
+        n, k = len(customers), len(categories)
+        owned = np.zeros(n * k, dtype=bool)
+        owned[np.asarray(pairs["ci"], dtype=np.int64) * k + np.asarray(pairs["ki"])] = True
+        score = np.full(n * k, np.nan)
+        score[np.asarray(scores["ci"], dtype=np.int64) * k + np.asarray(scores["ki"])] = np.asarray(scores["score"])
+        return cls(customers, categories, owned.reshape(n, k), score.reshape(n, k))
+
+
+@dg.multi_asset(
+    name="cross_sell_scoring",
+    specs=[
+        dg.AssetSpec(
+            SCORES,
+            deps=["cross_sell_model", "customer_metrics", "customer_category_matrix", "customers", "products", "purchases"],
+            description=(
+                "The cross-sell opportunity score: for every customer and every category they have not "
+                "bought yet, the calibrated probability (0..1) that they buy it in the model's label window, "
+                "from the current model applied to everyone's profile as of the newest purchase. Sales and "
+                "marketing sort by it to decide whom to offer what. Scoring never retrains the model."
+            ),
+            group_name=GROUP,
+            owners=[OWNER],
+            kinds={"duckdb", "sklearn"},
+            tags=SCORING_TAGS,
+            metadata={"dagster/column_schema": contracts.table_schema(contracts.CrossSellScore)},
+        ),
+        dg.AssetSpec(
+            RECOMMENDATIONS,
+            deps=[SCORES, "cross_sell_model", "product_affinity", "customer_category_matrix"],
+            description=(
+                "The next best offers: for each customer, the top-N categories they have not bought yet by "
+                "the model's score (among the categories somebody has bought), best first, each with a "
+                "human-readable reason that names the strongest affinity rule behind it next to the model's "
+                "view (\"bought Wines; Wines \u2192 Meat, lift 1.8; model: 42% within 182 days (typical 18%)\"). "
+                "Campaign tools and account managers consume it."
+            ),
+            group_name=GROUP,
+            owners=[OWNER],
+            kinds={"duckdb", "numpy"},
+            tags=SCORING_TAGS,
+            metadata={"dagster/column_schema": contracts.table_schema(contracts.CrossSellRecommendation)},
+        ),
+    ],
+    check_specs=[
+        output_contract_spec("cross_sell_scores", contracts.CrossSellScore),
+        output_contract_spec("cross_sell_recommendations", contracts.CrossSellRecommendation),
+    ],
+    can_subset=True,
     pool="duckdb",
-    tags={"data_product": "cross_sell"},
-    check_specs=[output_contract_spec("cross_sell_scores", contracts.CrossSellScore)],
-    metadata={"dagster/column_schema": contracts.table_schema(contracts.CrossSellScore)},
 )
-def cross_sell_scores(
-    context: dg.AssetExecutionContext, duckdb: DuckDBResource
+def cross_sell_scoring(
+    context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """The cross-sell opportunity score: for every customer and every category they have not
-    bought yet, the calibrated probability (0..1) that they buy it in the model's label window,
-    from the current model applied to everyone's profile as of the newest purchase. Sales and
-    marketing sort by it to decide whom to offer what. Scoring never retrains the model."""
+    """Scores everyone, then picks each customer's top offers from those same scores: one step, so
+    the tens of millions of scores are ranked where they were computed instead of being read back
+    from the warehouse. Either asset can be materialized alone (the offers then read the
+    published scores). The scores are gated and published before the offers are made, so a failed
+    offers gate leaves the new scores in place and the previous offers as they were."""
+    selected = context.selected_asset_keys
     with connect(duckdb) as conn:
-        model = ml.load(ml.current_artifact(conn, ml.models_dir(duckdb.database)))
-        scored = ml.score(conn, model)
-        categories = scored.profiles.categories
-        counts = np.bincount(scored.ki, minlength=len(categories))
-        sums = np.bincount(scored.ki, weights=scored.score, minlength=len(categories))
-        by_category = pd.DataFrame(
-            {"product_category": categories, "customers_without": counts,
-             "mean_score": np.divide(sums, counts, out=np.zeros(len(categories)), where=counts > 0)}
+        matrix = None
+        if SCORES in selected:
+            scored = yield from score_everyone(conn, duckdb)
+            matrix = ScoreMatrix.from_scored(scored)
+            del scored
+        if RECOMMENDATIONS in selected:
+            yield from recommend(conn, duckdb, matrix if matrix is not None else ScoreMatrix.from_tables(conn), config.top_n)
+
+
+def score_everyone(conn, duckdb: DuckDBResource) -> Generator[dg.AssetCheckResult | dg.MaterializeResult, None, ml.Scored]:
+    """cross_sell_scores: score, gate and publish; returns the scores."""
+    model = ml.load(ml.current_artifact(conn, ml.models_dir(duckdb.database)))
+    scored = ml.score(conn, model)
+    categories = scored.profiles.categories
+    counts = np.bincount(scored.ki, minlength=len(categories))
+    sums = np.bincount(scored.ki, weights=scored.score, minlength=len(categories))
+    by_category = pd.DataFrame(
+        {"product_category": categories, "customers_without": counts,
+         "mean_score": np.divide(sums, counts, out=np.zeros(len(categories)), where=counts > 0)}
+    )
+    by_category = by_category[by_category["customers_without"] > 0]
+    gate = gate_scores(scored)
+    if not gate.passed:
+        yield gate
+        raise GateFailedError(
+            f"Gate cross_sell_scores:{OUTPUT_CONTRACT} FAILED, cross_sell_scores not published: {gate.description}"
         )
-        by_category = by_category[by_category["customers_without"] > 0]
-        gate = gate_scores(scored)
-        if not gate.passed:
-            yield gate
-            raise GateFailedError(
-                f"Gate cross_sell_scores:{OUTPUT_CONTRACT} FAILED, cross_sell_scores not published: {gate.description}"
-            )
-        publish_scores(conn, scored)
-        yield dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": len(scored.score),
-                "dagster/uri": uri(duckdb, "cross_sell_scores"),
-                "model_version": model.version,
-                "customers": int(scored.profiles.shape[0]),
-                "categories": int(scored.profiles.shape[1]),
-                "scored_as_of": scored.profiles.as_of.isoformat(),
-                "mean_score": float(scored.score.mean()) if len(scored.score) else 0.0,
-                "score_by_category": dg.MetadataValue.md(markdown(by_category)),
-                "scoring": model.metadata.get("scoring", "predict_proba"),
-                "table_check_max_gap": scored.table_gap,
-                "profiles_from": scored.profiles_from,
-            },
-            check_results=[gate],
-        )
+    publish_scores(conn, scored)
+    yield dg.MaterializeResult(
+        asset_key=SCORES,
+        metadata={
+            "dagster/row_count": len(scored.score),
+            "dagster/uri": uri(duckdb, "cross_sell_scores"),
+            "model_version": model.version,
+            "customers": int(scored.profiles.shape[0]),
+            "categories": int(scored.profiles.shape[1]),
+            "scored_as_of": scored.profiles.as_of.isoformat(),
+            "mean_score": float(scored.score.mean()) if len(scored.score) else 0.0,
+            "score_by_category": dg.MetadataValue.md(markdown(by_category)),
+            "scoring": model.metadata.get("scoring", "predict_proba"),
+            "table_check_max_gap": scored.table_gap,
+            "profiles_from": scored.profiles_from,
+        },
+        check_results=[gate],
+    )
+    return scored
 
 
 # The scores' contract is checked this many rows at a time.
@@ -270,15 +348,15 @@ def gate_scores(scored: ml.Scored, chunk_rows: int = GATE_CHUNK_ROWS) -> dg.Asse
     ci, ki = scored.ci, scored.ki
     in_order = rows == 0 or bool(((ci[1:] > ci[:-1]) | ((ci[1:] == ci[:-1]) & (ki[1:] > ki[:-1]))).all())
     if rows <= chunk_rows or not in_order:
-        return output_gate(contracts.CrossSellScore, frame)
+        return output_gate(contracts.CrossSellScore, frame, SCORES)
     schema = copy.deepcopy(frame_contract(contracts.CrossSellScore, frame))
     schema.unique = None  # proven above on the codes
     for start in range(0, rows, chunk_rows):
         report = validate_frame(schema, frame.iloc[start:start + chunk_rows], require_rows=False)
         if not report.passed:
-            return check_result(report, check_name=OUTPUT_CONTRACT)
+            return check_result(report, asset_key=SCORES, check_name=OUTPUT_CONTRACT)
     name = contracts.CrossSellScore.to_schema().name or "cross_sell_scores"
-    return check_result(GateReport(contract=name, rows_checked=rows), check_name=OUTPUT_CONTRACT)
+    return check_result(GateReport(contract=name, rows_checked=rows), asset_key=SCORES, check_name=OUTPUT_CONTRACT)
 
 
 def publish_scores(conn, scored: ml.Scored) -> None:
@@ -312,72 +390,52 @@ def publish_scores(conn, scored: ml.Scored) -> None:
         conn.unregister(view)
 
 
-@dg.asset(
-    deps=["cross_sell_scores", "cross_sell_model", "product_affinity", "customer_category_matrix"],
-    group_name=GROUP,
-    owners=[OWNER],
-    kinds={"duckdb", "numpy"},
-    pool="duckdb",
-    tags={"data_product": "cross_sell"},
-    check_specs=[output_contract_spec("cross_sell_recommendations", contracts.CrossSellRecommendation)],
-    metadata={"dagster/column_schema": contracts.table_schema(contracts.CrossSellRecommendation)},
-)
-def cross_sell_recommendations(
-    context: dg.AssetExecutionContext, config: RecommendationConfig, duckdb: DuckDBResource
+def recommend(
+    conn, duckdb: DuckDBResource, matrix: ScoreMatrix, top: int
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """The next best offers: for each customer, the top-N categories they have not bought yet by
-    the model's score (among the categories somebody has bought), best first, each with a
-    human-readable reason that names the strongest affinity rule behind it next to the model's
-    view ("bought Wines; Wines → Meat, lift 1.8; model: 42% within 182 days (typical 18%)").
-    Campaign tools and account managers consume it."""
-    with connect(duckdb) as conn:
-        customers, categories, owned = _customer_profiles(conn)
-        scores = conn.execute(
-            """with c as (select customer_id, (row_number() over (order by customer_id) - 1)::integer as ci from customers),
-                    k as (select product_category, (row_number() over (order by product_category) - 1)::integer as ki
-                          from (select distinct product_category from products))
-               select c.ci, k.ki, s.score from cross_sell_scores s join c using (customer_id) join k using (product_category)"""
-        ).fetchnumpy()
-        score = np.full(owned.shape, np.nan)
-        score[np.asarray(scores["ci"]), np.asarray(scores["ki"])] = np.asarray(scores["score"])
-        score[owned] = np.nan  # never recommend what the customer already has
-        # A category nobody has bought yet (a new one, say) has no evidence behind its scores and
-        # no rule or popularity to explain an offer: it is scored, but never offered.
-        score[:, ~owned.any(axis=0)] = np.nan
-        _, lift = rule_matrices(_category_rules(conn), categories)
-        current = conn.execute(f"select label_window_days, version from {ml.REGISTRY_TABLE} where is_current").fetchall()
-        horizon = current[0] if current else None
-        # "typical": the mean score of a category over the customers it may be offered to (0 if none)
-        offerable = (~np.isnan(score)).sum(axis=0)
-        typical = np.divide(np.nansum(score, axis=0), offerable, out=np.zeros(len(categories)), where=offerable > 0)
-        ci, rank, ki = top_n(score, config.top_n)
-        behind = reason_rules_at(owned, lift, ci, ki)
-        chosen = score[ci, ki]
-        frame = pd.DataFrame(
-            {
-                "customer_id": pd.Categorical.from_codes(ci, categories=customers),
-                "rank": rank.astype(np.int64),
-                "product_category": pd.Categorical.from_codes(ki, categories=categories),
-                "score": chosen,
-                "reason": recommendation_reasons(
-                    behind, ki, chosen, categories, lift, _base_rate(owned), typical, horizon[0] if horizon else None
-                ),
-            }
-        )
-        preview = frame[frame["rank"] == 1].nlargest(10, "score")
-        yield from gated_publish(
-            conn,
-            "cross_sell_recommendations",
-            contracts.CrossSellRecommendation,
-            frame,
-            {
-                "dagster/uri": uri(duckdb, "cross_sell_recommendations"),
-                "top_n": config.top_n,
-                "model_version": horizon[1] if horizon else "unknown",
-                "customers_with_recommendations": int(frame["customer_id"].nunique()),
-                "backed_by_a_rule_share": float((behind >= 0).mean()) if len(frame) else 0.0,
-                "top_recommendations": dg.MetadataValue.md(
-                    markdown(preview.astype({"customer_id": str, "product_category": str, "reason": str}))
-                ),
-            },
-        )
+    """cross_sell_recommendations: each customer's ``top`` offers from the score matrix, with
+    their reasons, gated and published."""
+    customers, categories, owned = matrix.customers, matrix.categories, matrix.owned
+    score = matrix.score
+    score[owned] = np.nan  # never recommend what the customer already has
+    # A category nobody has bought yet (a new one, say) has no evidence behind its scores and
+    # no rule or popularity to explain an offer: it is scored, but never offered.
+    score[:, ~owned.any(axis=0)] = np.nan
+    _, lift = rule_matrices(_category_rules(conn), categories)
+    current = conn.execute(f"select label_window_days, version from {ml.REGISTRY_TABLE} where is_current").fetchall()
+    horizon = current[0] if current else None
+    # "typical": the mean score of a category over the customers it may be offered to (0 if none)
+    offerable = (~np.isnan(score)).sum(axis=0)
+    typical = np.divide(np.nansum(score, axis=0), offerable, out=np.zeros(len(categories)), where=offerable > 0)
+    ci, rank, ki = top_n(score, top)
+    behind = reason_rules_at(owned, lift, ci, ki)
+    chosen = score[ci, ki]
+    frame = pd.DataFrame(
+        {
+            "customer_id": pd.Categorical.from_codes(ci, categories=customers),
+            "rank": rank.astype(np.int64),
+            "product_category": pd.Categorical.from_codes(ki, categories=categories),
+            "score": chosen,
+            "reason": recommendation_reasons(
+                behind, ki, chosen, categories, lift, _base_rate(owned), typical, horizon[0] if horizon else None
+            ),
+        }
+    )
+    preview = frame[frame["rank"] == 1].nlargest(10, "score")
+    yield from gated_publish(
+        conn,
+        "cross_sell_recommendations",
+        contracts.CrossSellRecommendation,
+        frame,
+        {
+            "dagster/uri": uri(duckdb, "cross_sell_recommendations"),
+            "top_n": top,
+            "model_version": horizon[1] if horizon else "unknown",
+            "customers_with_recommendations": int(frame["customer_id"].nunique()),
+            "backed_by_a_rule_share": float((behind >= 0).mean()) if len(frame) else 0.0,
+            "top_recommendations": dg.MetadataValue.md(
+                markdown(preview.astype({"customer_id": str, "product_category": str, "reason": str}))
+            ),
+        },
+        asset_key=RECOMMENDATIONS,
+    )
