@@ -260,18 +260,18 @@ class FeatureEncoder:
             lookup = np.asarray([known.get(str(v), len(known)) for v in cat.categories] + [len(known)], dtype=np.int16)
             by_feature[j] = lookup[cat.codes[rows]]  # code -1 (missing) reads the last entry
 
-        def share(by_category: np.ndarray, edges: np.ndarray, k: int | None, j: int) -> None:
+        def share(shares: np.ndarray, edges: np.ndarray, k: int | None, j: int) -> None:
             by_feature[j] = _bins(np.zeros(1), edges)[0]
             if k is not None:  # shares are 0 for every category a customer never bought: bin the rest
-                bought = np.flatnonzero(by_category[k])
-                by_feature[j, bought] = _bins(by_category[k, bought], edges)
+                values = shares[rows, k]  # one category's column only, not a transpose of every category
+                bought = np.flatnonzero(values)
+                by_feature[j, bought] = _bins(values[bought], edges)
 
         # tasks[j] codes feature j (customer_names order) into row j of by_feature.
         tasks: list[Callable[[int], None]] = [partial(numeric, name) for name in CUSTOMER_NUMERIC]
         tasks += [partial(categorical, name) for name in CUSTOMER_CATEGORICAL]
         for shares, column in ((profiles.spend_share, spend_share_column), (profiles.order_share, order_share_column)):
-            by_category = np.ascontiguousarray(shares[rows].T)  # one category's shares side by side
-            tasks += [partial(share, by_category, self.edges[column(c)], position.get(c)) for c in self.share_categories]
+            tasks += [partial(share, shares, self.edges[column(c)], position.get(c)) for c in self.share_categories]
 
         def code_features(start: int, stop: int) -> None:
             for j in range(start, stop):
