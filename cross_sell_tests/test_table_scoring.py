@@ -38,6 +38,11 @@ def test_table_scores_match_predict_proba_whatever_the_chunking(trained: Path) -
     np.testing.assert_array_equal(whole.ki, chunked.ki)
     # Each chunk adds its own most common codes first, so sums may round differently, never more.
     np.testing.assert_allclose(whole.score, chunked.score, rtol=0, atol=1e-12)
+    # The matrix form holds the same scores at (ci, ki) and NaN exactly where the customer owns the category.
+    for scored in (whole, chunked):
+        assert scored.matrix.shape == scored.profiles.shape
+        np.testing.assert_array_equal(scored.matrix[scored.ci, scored.ki], scored.score)
+        np.testing.assert_array_equal(np.isnan(scored.matrix), scored.profiles.owned)
 
     profiles = whole.profiles
     pairs = pair_features(profiles, rule_statistics(profiles.owned))

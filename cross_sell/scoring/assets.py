@@ -199,11 +199,14 @@ class ScoreMatrix:
 
     @classmethod
     def from_scored(cls, scored: ml.Scored) -> "ScoreMatrix":
-        """The scores just computed, without reading them back from the warehouse."""
+        """The scores just computed, without reading them back from the warehouse (the matrix is
+        taken over, not copied: the caller is done with ``scored``)."""
         profiles = scored.profiles
         n, k = profiles.shape
-        score = np.full(n * k, np.nan)
-        score[scored.ci.astype(np.int64) * k + scored.ki] = scored.score  # one flat index: cheaper than two
+        score = scored.matrix
+        if score is None:
+            score = np.full(n * k, np.nan)
+            score[scored.ci.astype(np.int64) * k + scored.ki] = scored.score  # one flat index: cheaper than two
         return cls(profiles.customer_ids, profiles.categories, profiles.owned, score.reshape(n, k))
 
     @classmethod

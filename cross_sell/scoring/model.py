@@ -726,6 +726,9 @@ class Scored:
     profiles: Profiles
     table_gap: float = 0.0  # largest gap between table scores and predict_proba on the checked sample
     profiles_from: str = "purchases"  # where the profiles were read: see score()
+    # The same scores as a (customers, categories) matrix, NaN where the customer owns the category
+    # (what ranking the offers needs), when the scorer made it.
+    matrix: np.ndarray | None = None
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -746,7 +749,7 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
     customer metrics and customer x category matrix when those are current (the same numbers, a
     few million rows instead of every purchase line), else aggregated from the purchase lines.
     ``Scored.profiles_from`` says which, and why. Customers are scored in chunks, every category
-    at once; owned categories are dropped."""
+    at once; owned categories are dropped (``Scored.matrix`` keeps them, as NaN)."""
     _, last = purchase_span(conn)
     if last is None:
         raise ValueError("there are no purchases to score from")
@@ -767,6 +770,7 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
     ci = np.repeat(np.arange(n, dtype=np.int32), per_customer)
     ki = np.empty(total, dtype=np.int8 if k < 128 else np.int16)
     values = np.empty(total, dtype=np.float64)
+    matrix = np.empty((n, k), dtype=np.float64)
     # Customer features are coded once for everyone (a few large binning passes, not one per chunk).
     codes = model.encoder.customer_codes(profiles) if model.tables is not None else None
     category_of_cell = np.tile(np.arange(k, dtype=ki.dtype), min(n, chunk_customers))  # a chunk's cells, row by row
@@ -775,12 +779,13 @@ def score(conn: duckdb.DuckDBPyConnection, model: TrainedModel, chunk_customers:
         block = predict_customers(model, profiles, pairs, slice(start, stop), None if codes is None else codes[start:stop])
         mask = lacking[start:stop]
         values[position[start]:position[stop]] = block[mask]
+        np.copyto(matrix[start:stop], np.where(mask, block, np.nan))
         ki[position[start]:position[stop]] = category_of_cell[: mask.size][mask.reshape(-1)]
 
     # Table lookups are plain numpy, so the chunks run on every core. predict_proba is left on
     # one thread: its trees bring their own OpenMP threads and process-wide thread limits.
     for_each_slice(score_chunk, n, chunk_customers, threads=None if model.tables is not None else 1)
-    return Scored(ci=ci, ki=ki, score=values, profiles=profiles, table_gap=gap, profiles_from=source)
+    return Scored(ci=ci, ki=ki, score=values, profiles=profiles, table_gap=gap, profiles_from=source, matrix=matrix)
 
 
 def train_and_score(
