@@ -212,7 +212,13 @@ def recommendation_reasons(
     k = len(categories)
     rule_code = reason_codes(antecedent, category, k).astype(np.int64)
     percent = np.clip(np.rint(np.asarray(score) * 100), 0, 100).astype(np.int64)
-    distinct, inverse = np.unique(rule_code * 101 + percent, return_inverse=True)
+    # The codes are bounded ((k * k + k) * 101 of them), so the distinct ones and each row's index
+    # among them come from a table of which codes occur, not from sorting millions of rows.
+    code = rule_code * 101 + percent
+    present = np.zeros((k * k + k) * 101, dtype=bool)
+    present[code] = True
+    distinct = np.flatnonzero(present)
+    inverse = (np.cumsum(present) - 1)[code]
     rule_texts = reason_texts(categories, lift, base_rate)
     window = f" within {horizon_days:.0f} days" if horizon_days else ""
     texts = [
