@@ -232,39 +232,37 @@ class ScoreMatrix:
         return cls(customers, categories, owned.reshape(n, k), score.reshape(n, k))
 
 
+def _output_spec(key: dg.AssetKey, deps: list, kinds: set[str], contract, description: str) -> dg.AssetSpec:
+    """One published table of the scoring step, owned, described and with its contract's column schema."""
+    return dg.AssetSpec(
+        key, deps=deps, description=description, group_name=GROUP, owners=[OWNER], kinds=kinds, tags=SCORING_TAGS,
+        metadata={"dagster/column_schema": contracts.table_schema(contract)},
+    )
+
+
 @dg.multi_asset(
     name="cross_sell_scoring",
     specs=[
-        dg.AssetSpec(
+        _output_spec(
             SCORES,
-            deps=["cross_sell_model", "customer_metrics", "customer_category_matrix", "customers", "products", "purchases"],
-            description=(
-                "The cross-sell opportunity score: for every customer and every category they have not "
-                "bought yet, the calibrated probability (0..1) that they buy it in the model's label window, "
-                "from the current model applied to everyone's profile as of the newest purchase. Sales and "
-                "marketing sort by it to decide whom to offer what. Scoring never retrains the model."
-            ),
-            group_name=GROUP,
-            owners=[OWNER],
-            kinds={"duckdb", "sklearn"},
-            tags=SCORING_TAGS,
-            metadata={"dagster/column_schema": contracts.table_schema(contracts.CrossSellScore)},
+            ["cross_sell_model", "customer_metrics", "customer_category_matrix", "customers", "products", "purchases"],
+            {"duckdb", "sklearn"},
+            contracts.CrossSellScore,
+            "The cross-sell opportunity score: for every customer and every category they have not "
+            "bought yet, the calibrated probability (0..1) that they buy it in the model's label window, "
+            "from the current model applied to everyone's profile as of the newest purchase. Sales and "
+            "marketing sort by it to decide whom to offer what. Scoring never retrains the model.",
         ),
-        dg.AssetSpec(
+        _output_spec(
             RECOMMENDATIONS,
-            deps=[SCORES, "cross_sell_model", "product_affinity", "customer_category_matrix"],
-            description=(
-                "The next best offers: for each customer, the top-N categories they have not bought yet by "
-                "the model's score (among the categories somebody has bought), best first, each with a "
-                "human-readable reason that names the strongest affinity rule behind it next to the model's "
-                "view (\"bought Wines; Wines \u2192 Meat, lift 1.8; model: 42% within 182 days (typical 18%)\"). "
-                "Campaign tools and account managers consume it."
-            ),
-            group_name=GROUP,
-            owners=[OWNER],
-            kinds={"duckdb", "numpy"},
-            tags=SCORING_TAGS,
-            metadata={"dagster/column_schema": contracts.table_schema(contracts.CrossSellRecommendation)},
+            [SCORES, "cross_sell_model", "product_affinity", "customer_category_matrix"],
+            {"duckdb", "numpy"},
+            contracts.CrossSellRecommendation,
+            "The next best offers: for each customer, the top-N categories they have not bought yet by "
+            "the model's score (among the categories somebody has bought), best first, each with a "
+            "human-readable reason that names the strongest affinity rule behind it next to the model's "
+            "view (\"bought Wines; Wines \u2192 Meat, lift 1.8; model: 42% within 182 days (typical 18%)\"). "
+            "Campaign tools and account managers consume it.",
         ),
     ],
     check_specs=[
