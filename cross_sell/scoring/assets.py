@@ -201,13 +201,10 @@ class ScoreMatrix:
     def from_scored(cls, scored: ml.Scored) -> "ScoreMatrix":
         """The scores just computed, without reading them back from the warehouse (the matrix is
         taken over, not copied: the caller is done with ``scored``)."""
+        if scored.matrix is None:
+            raise ValueError("these scores were made without their matrix form: rank them with ScoreMatrix.from_tables")
         profiles = scored.profiles
-        n, k = profiles.shape
-        score = scored.matrix
-        if score is None:
-            score = np.full(n * k, np.nan)
-            score[scored.ci.astype(np.int64) * k + scored.ki] = scored.score  # one flat index: cheaper than two
-        return cls(profiles.customer_ids, profiles.categories, profiles.owned, score.reshape(n, k))
+        return cls(profiles.customer_ids, profiles.categories, profiles.owned, scored.matrix)
 
     @classmethod
     def from_tables(cls, conn) -> "ScoreMatrix":
