@@ -36,7 +36,18 @@ from dagster_duckdb import DuckDBResource
 
 from cross_sell.ingest.landing import LandingReport, land
 from cross_sell.resources import InputFiles
-from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, quoted, table_columns, transaction, uri
+from cross_sell.warehouse import (
+    AUDIT_SCHEMA,
+    ColumnDef,
+    column_ddl,
+    column_schema,
+    connect,
+    markdown,
+    quoted,
+    table_columns,
+    transaction,
+    uri,
+)
 
 SUFFIXES = (".csv", ".csv.gz", ".parquet")
 PROCESSED = "processed"
@@ -47,11 +58,21 @@ LANDED, ACCEPTED, REJECTED_STATUS = "landed", "accepted", "rejected"
 MIN_AGE_SECONDS = 2.0
 KEY_COLUMN = "purchase_id"
 
+LOG_COLUMNS = (
+    ColumnDef("file", "varchar", "The file's name in the landing folder."),
+    ColumnDef("sha256", "varchar", "SHA-256 of the file's bytes: the same name with other contents is another file."),
+    ColumnDef("rows", "bigint", "Purchase lines read from the file."),
+    ColumnDef("status", "varchar", "landed (gates pending), accepted (its lines are in the published purchases) or rejected (a gate failed)."),
+    ColumnDef("run_id", "varchar", "The Dagster run that recorded this status."),
+    ColumnDef("recorded_at", "timestamp", "When the status was recorded (UTC)."),
+    ColumnDef("path", "varchar", "Where the file was then: the landing folder, or the archive folder it was moved to."),
+    ColumnDef("detail", "varchar", "What happened: rows read and replaced, or the gate that rejected the file."),
+)
 _DDL = f"""
 create schema if not exists {AUDIT_SCHEMA};
 create table if not exists {AUDIT_SCHEMA}.{LOG_TABLE} (
-    file varchar, sha256 varchar, rows bigint, status varchar, run_id varchar, recorded_at timestamp,
-    path varchar, detail varchar)
+    {column_ddl(LOG_COLUMNS)}
+)
 """
 
 
@@ -403,6 +424,7 @@ def run_key(cursor_before: str | None, index: int, file: PendingFile) -> str:
     kinds={"duckdb"},
     pool="duckdb",
     tags={"layer": "audit"},
+    metadata={"dagster/column_schema": column_schema(LOG_COLUMNS)},
 )
 def landing_files_log(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, input_files: InputFiles

@@ -27,7 +27,17 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from cross_sell import landing_files, settings, slo
-from cross_sell.warehouse import AUDIT_SCHEMA, connect, markdown, replace_with_frame, row_count, table_exists, uri
+from cross_sell.warehouse import (
+    AUDIT_SCHEMA,
+    ColumnDef,
+    column_schema,
+    connect,
+    markdown,
+    replace_with_frame,
+    row_count,
+    table_exists,
+    uri,
+)
 
 INPUTS = ("customers", "products", "purchases")
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
@@ -177,6 +187,16 @@ def input_slis(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+# The columns of main.slo_report, one row per SLI (see SloReport.sli_rows).
+REPORT_COLUMNS = (
+    ColumnDef("sli", "varchar", "The indicator measured: freshness, gate pass rate, 7 days, run duration or rows per input."),
+    ColumnDef("subject", "varchar", "What it was measured on: an asset, a gate (or all gates), a run or an input."),
+    ColumnDef("value", "varchar", "The measured value, as text (a freshness state, a rate, seconds, a row count)."),
+    ColumnDef("objective", "varchar", "The SLO's objective the value is held against (empty where none applies)."),
+    ColumnDef("measured_at", "timestamp_ns", "When the report was built (UTC)."),
+)
+
+
 @dataclass(frozen=True)
 class SloReport:
     """The SLIs at one moment."""
@@ -230,7 +250,7 @@ class SloReport:
              "objective": "", "measured_at": self.generated_at}
             for r in self.inputs.itertuples()
         ]
-        return pd.DataFrame(rows, columns=["sli", "subject", "value", "objective", "measured_at"]).astype(
+        return pd.DataFrame(rows, columns=[c.name for c in REPORT_COLUMNS]).astype(
             {"sli": str, "subject": str, "value": str, "objective": str}
         )
 
@@ -320,6 +340,7 @@ REPORT_DEPS = [*(a for s in slo.FRESHNESS_SLOS for a in s.assets), "customer_met
     kinds={"duckdb"},
     pool="duckdb",
     tags={"data_product": "cross_sell"},
+    metadata={"dagster/column_schema": column_schema(REPORT_COLUMNS)},
 )
 def slo_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """How the data product is doing against its promises (SLOs): freshness of purchases and of

@@ -17,10 +17,12 @@ process leaves the previous tables exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import numpy as np
 import pandas as pd
@@ -52,6 +54,40 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         conn.execute("rollback")
         raise
     conn.execute("commit")
+
+
+@dataclass(frozen=True)
+class ColumnDef:
+    """One column of a table the project creates with DDL (the registry, logs, reports): the one
+    place its name, type and meaning are written, for the DDL and for the asset's column schema."""
+
+    name: str
+    sql_type: str  # DuckDB type: varchar, bigint, double, boolean, timestamp
+    description: str
+    nullable: bool = True
+    primary_key: bool = False
+
+
+def column_ddl(columns: Sequence[ColumnDef]) -> str:
+    """The column list of a CREATE TABLE statement."""
+    return ",\n    ".join(
+        f"{c.name} {c.sql_type}" + (" primary key" if c.primary_key else "" if c.nullable else " not null") for c in columns
+    )
+
+
+def column_schema(columns: Sequence[ColumnDef]) -> dg.TableSchema:
+    """The Dagster column schema (``dagster/column_schema``) of a table made with :func:`column_ddl`."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=c.name,
+                type="string" if c.sql_type == "varchar" else c.sql_type,
+                description=c.description,
+                constraints=dg.TableColumnConstraints(nullable=c.nullable and not c.primary_key, unique=c.primary_key),
+            )
+            for c in columns
+        ]
+    )
 
 
 def quoted(name: str) -> str:

@@ -643,6 +643,33 @@ def test_manifest_reports_a_failed_gate(tmp_path: Path) -> None:
     assert after["version"] == before["version"] and after["data_fingerprint"] == before["data_fingerprint"]
 
 
+def test_every_table_asset_documents_the_columns_its_table_has(tiny: Served) -> None:
+    """The column schema in the catalog is the table's columns, in order, for every asset backed by
+    a table (dagster/table_name, else the asset key as schema.table or main.table). The audit tables
+    of the inputs are left out: they hold the files as received, which the contract judges."""
+    raw_inputs = {("audit", name) for name in ("customers", "products", "purchases")}
+    graph = build_definitions(make_resources(tiny.data, tiny.warehouse)).resolve_asset_graph()
+    checked = []
+    with duckdb.connect(str(tiny.warehouse), read_only=True) as conn:
+        for key in graph.get_all_asset_keys():
+            metadata = graph.get(key).metadata or {}
+            schema = metadata.get("dagster/column_schema")
+            if schema is None or tuple(key.path) in raw_inputs:
+                continue
+            name = metadata.get("dagster/table_name") or ".".join(key.path if len(key.path) > 1 else ["main", *key.path])
+            table_schema, table = name.split(".")
+            actual = [r[0] for r in conn.execute(
+                "select column_name from information_schema.columns where table_schema = ? and table_name = ? order by ordinal_position",
+                [table_schema, table],
+            ).fetchall()]
+            assert [c.name for c in schema.columns] == actual, key.to_user_string()
+            assert all(c.description for c in schema.columns), key.to_user_string()
+            checked.append(key.to_user_string())
+    assert {"cross_sell_model", "slo_report", "audit/landing_files", "cross_sell_scores", "semantic/customer"} <= set(checked)
+    without = [k.to_user_string() for k in graph.get_all_asset_keys() if "dagster/column_schema" not in (graph.get(k).metadata or {})]
+    assert sorted(without) == ["data_product_manifest", "marketing_database", "parquet_exports"]  # files, not tables
+
+
 def test_version_follows_the_interface() -> None:
     files = [{"file": "a.parquet", "columns": [{"name": "x", "type": "DOUBLE"}]}]
     tables = [{"name": "t", "columns": ["x"]}]

@@ -25,7 +25,7 @@ from cross_sell.quality import (
 from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
 from cross_sell.scoring.logic import reason_rules_at, recommendation_reasons, rule_matrices, top_n
-from cross_sell.warehouse import PUBLISHED_SCHEMA, connect, markdown, transaction, uri
+from cross_sell.warehouse import PUBLISHED_SCHEMA, column_schema, connect, markdown, transaction, uri
 
 OWNER = "team:customer-analytics"
 GROUP = "scoring"
@@ -123,6 +123,7 @@ def model_metadata(model: ml.TrainedModel) -> dict:
     kinds={"sklearn", "duckdb"},
     pool="duckdb",
     tags={"data_product": "cross_sell"},
+    metadata={"dagster/column_schema": column_schema(ml.REGISTRY_COLUMNS), "dagster/table_name": f"{PUBLISHED_SCHEMA}.{ml.REGISTRY_TABLE}"},
     check_specs=[
         dg.AssetCheckSpec(
             BEATS_POPULARITY,

@@ -91,7 +91,7 @@ from cross_sell.scoring.features import (
     rule_statistics,
 )
 from cross_sell.scoring.logic import rule_scores
-from cross_sell.warehouse import table_exists, transaction
+from cross_sell.warehouse import ColumnDef, column_ddl, table_exists, transaction
 
 # Bump when the features or the training procedure change, so old artifacts are not reused.
 MODEL_CODE_VERSION = "6"
@@ -635,30 +635,30 @@ def train_or_reuse(
     return model
 
 
-_REGISTRY_DDL = f"""
-create table if not exists {REGISTRY_TABLE} (
-    version varchar primary key,
-    is_current boolean not null,
-    trained_at timestamp not null,
-    registered_at timestamp not null,
-    strategy varchar not null,
-    estimator varchar not null,
-    calibration varchar not null,
-    cutoff timestamp,
-    newest_purchase timestamp not null,
-    label_window_days double,
-    customers bigint not null,
-    categories bigint not null,
-    training_rows bigint not null,
-    training_positives bigint not null,
-    evaluation_customers bigint not null,
-    evaluation_positives bigint not null,
-    artifact varchar not null,
-    data_fingerprint varchar not null,
-    features varchar not null,
-    params varchar not null,
-    metadata varchar not null
-)"""
+REGISTRY_COLUMNS = (
+    ColumnDef("version", "varchar", "Content hash of the training data, the parameters and the code: the model's identity.", primary_key=True),
+    ColumnDef("is_current", "boolean", "True for the one model that scores.", nullable=False),
+    ColumnDef("trained_at", "timestamp", "When the model was trained (UTC).", nullable=False),
+    ColumnDef("registered_at", "timestamp", "When this row was written (UTC).", nullable=False),
+    ColumnDef("strategy", "varchar", "time_split, or cross_sectional when the purchase dates do not allow one.", nullable=False),
+    ColumnDef("estimator", "varchar", "gradient_boosting or logistic; prior when there was too little to learn from.", nullable=False),
+    ColumnDef("calibration", "varchar", "sigmoid or isotonic (none for a prior).", nullable=False),
+    ColumnDef("cutoff", "timestamp", "Time split: the features are as of this moment; null for the cross-sectional fallback."),
+    ColumnDef("newest_purchase", "timestamp", "The newest purchase in the training data: the end of the label window.", nullable=False),
+    ColumnDef("label_window_days", "double", "Days from the cutoff to the newest purchase: the horizon the scores speak of."),
+    ColumnDef("customers", "bigint", "Customers in the training snapshot.", nullable=False),
+    ColumnDef("categories", "bigint", "Categories the model knows.", nullable=False),
+    ColumnDef("training_rows", "bigint", "(customer, category) rows the model was fitted on.", nullable=False),
+    ColumnDef("training_positives", "bigint", "Of those, the rows whose customer went on to buy the category.", nullable=False),
+    ColumnDef("evaluation_customers", "bigint", "Held-out customers the model and the baselines were evaluated on.", nullable=False),
+    ColumnDef("evaluation_positives", "bigint", "Held-out rows whose customer went on to buy the category.", nullable=False),
+    ColumnDef("artifact", "varchar", "Path of the persisted model (joblib) in the models folder beside the warehouse.", nullable=False),
+    ColumnDef("data_fingerprint", "varchar", "Fingerprint of the inputs the model was trained on.", nullable=False),
+    ColumnDef("features", "varchar", "JSON list of the model's features, in matrix order.", nullable=False),
+    ColumnDef("params", "varchar", "JSON of every training parameter.", nullable=False),
+    ColumnDef("metadata", "varchar", "JSON of the rest of the training metadata (timings, evaluation summary, ...).", nullable=False),
+)
+_REGISTRY_DDL = f"create table if not exists {REGISTRY_TABLE} (\n    {column_ddl(REGISTRY_COLUMNS)}\n)"
 _EVALUATION_DDL = f"""
 create table if not exists {EVALUATION_TABLE} (
     version varchar not null,
