@@ -623,6 +623,11 @@ def test_evaluate_command_reads_input_through_the_ingest(tmp_path: Path) -> None
     )
     assert failed.returncode == 2
     assert "could not be published" in failed.stderr and "customers" in failed.stderr
+    # The report is the command's own: one line per failed gate, no Dagster event stream or trace.
+    assert "Stack Trace" not in failed.stderr and "STEP_FAILURE" not in failed.stderr, failed.stderr
+    assert "DagsterAssetCheckFailedError" not in failed.stderr, failed.stderr
+    problems = failed.stderr.split("could not be published:", 1)[1].strip().splitlines()
+    assert problems and all(line.strip().startswith("gate audit/customers:") for line in problems), failed.stderr
     assert not list(scratch.iterdir())
 
 
