@@ -378,3 +378,48 @@ def test_automation_never_refreshes_past_a_failed_gate(env: Env) -> None:
     [alert] = env.table("audit.run_alerts").itertuples()
     assert (alert.run_id, alert.failed_step, alert.gate) == (failed.run_id, "customer_metrics", "customer_metrics:contract")
     assert pd.isna(alert.landing_files)
+
+
+def settle(env: Env, cursor, limit: int = 8) -> tuple[object, list[set[str]]]:
+    """Tick automation and run what it requests, as the daemon would, until it requests nothing.
+    Returns the last cursor and what each tick requested."""
+    ticks: list[set[str]] = []
+    for _ in range(limit):
+        tick = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance, cursor=cursor)
+        cursor = tick.cursor
+        wanted = {r.key.to_user_string() for r in tick.results if r.true_subset.size}
+        if not wanted:
+            return cursor, ticks
+        ticks.append(wanted)
+        ran = env.materialize(sorted(wanted))  # the assets with the checks that ride along with them
+        assert ran.success, [e.step_key for e in ran.get_step_failure_events()]
+    raise AssertionError(f"automation still requesting after {limit} ticks: {ticks[-1]}")
+
+
+def test_automation_recovers_after_a_failed_full_refresh(env: Env) -> None:
+    """A full refresh stopped by a gate leaves every later step and check unexecuted. Automation then
+    brings the whole product back, the manifest and the Parquet exports' checksum gate included, and
+    after a landed file it refreshes everything downstream in one tick."""
+    graph = env.defs.resolve_asset_graph()
+    # Checks run with their asset only while they have no automation condition of their own:
+    # Dagster's automation then adds them to every run that materializes the asset.
+    assert all(graph.get(k).automation_condition is None for k in graph.asset_check_keys)
+    serving = {"parquet_exports", "marketing_database", "data_product_manifest", "semantic/cross_sell_opportunities"}
+    assert env.materialize(dg.AssetSelection.all()).success
+    cursor = dg.evaluate_automation_conditions(defs=env.defs, instance=env.instance).cursor
+
+    failed = env.materialize(
+        dg.AssetSelection.all(), run_config={"ops": {"customer_metrics": {"config": {"clv_horizon_years": -1.0}}}}
+    )
+    assert not failed.success
+    after_failure = env.instance.get_latest_materialization_event(dg.AssetKey("purchases")).timestamp
+    cursor, ticks = settle(env, cursor)
+    assert serving <= set().union(*ticks)
+    export_check = dg.AssetCheckKey(dg.AssetKey("parquet_exports"), "checksums_match")
+    evaluation = env.instance.event_log_storage.get_latest_asset_check_execution_by_key([export_check])[export_check]
+    assert evaluation.status.value == "SUCCEEDED" and evaluation.create_timestamp > after_failure
+
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    assert env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0]).success
+    cursor, ticks = settle(env, cursor)
+    assert len(ticks) == 1 and set(DOWNSTREAM) | serving <= ticks[0]
