@@ -13,6 +13,9 @@ DATA_DIR_ENV = "CROSS_SELL_DATA_DIR"
 DUCKDB_PATH_ENV = "CROSS_SELL_DUCKDB_PATH"
 INPUT_FORMAT_ENV = "CROSS_SELL_INPUT_FORMAT"
 LANDING_DIR_ENV = "CROSS_SELL_LANDING_DIR"
+PRODUCT_LEVEL_ENV = "CROSS_SELL_PRODUCT_LEVEL"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 DEFAULT_DATA_DIR = Path("data") / "sample"
 DEFAULT_DUCKDB_PATH = Path("data") / "warehouse" / "cross_sell.duckdb"
@@ -50,3 +53,17 @@ def input_format() -> str:
 def landing_dir() -> Path:
     """Folder watched for new purchase files: ``$CROSS_SELL_LANDING_DIR`` or data/landing."""
     return _resolve(os.environ.get(LANDING_DIR_ENV) or DEFAULT_LANDING_DIR)
+
+
+def product_level() -> bool | None:
+    """Whether every run computes product-level affinity rules unless its config says otherwise:
+    ``$CROSS_SELL_PRODUCT_LEVEL`` (true/false, 1/0, yes/no, on/off), ``None`` when unset. A
+    deployment setting, so the schedule, the sensors and automation keep it, not only one run."""
+    value = os.environ.get(PRODUCT_LEVEL_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ValueError(f"${PRODUCT_LEVEL_ENV} is {value!r}: use true or false")

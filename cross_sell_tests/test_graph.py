@@ -116,3 +116,33 @@ def test_product_level_and_order_basis_on_request(tiny_data: Path, run_graph: Ru
     # Over 5 orders, only O1 holds two products (P1 and P2).
     assert products.loc[("P1", "P2")].pair_count == 1 and products.loc[("P1", "P2")].transactions == 5
     assert len(products) == 2
+
+
+def test_product_level_as_a_deployment_setting(
+    tiny_data: Path, run_graph: RunGraph, warehouse_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$CROSS_SELL_PRODUCT_LEVEL turns product-level rules on for every run that does not decide
+    itself (the schedule and automation launch runs without config); a run's config still wins."""
+    from cross_sell import settings
+
+    def product_rules(result) -> tuple[int, str]:
+        assert result.success
+        [meta] = [e.materialization.metadata for e in result.get_asset_materialization_events()
+                  if e.asset_key.to_user_string() == "product_affinity"]
+        rows = int((read_table(warehouse_path, "product_affinity").level == "product").sum())
+        assert meta["product_rules"].value == rows
+        return rows, meta["product_level_set_by"].value
+
+    monkeypatch.delenv(settings.PRODUCT_LEVEL_ENV, raising=False)
+    assert product_rules(run_graph(tiny_data)) == (0, "default")
+    monkeypatch.setenv(settings.PRODUCT_LEVEL_ENV, "true")
+    rows, set_by = product_rules(run_graph(tiny_data))
+    assert rows > 0 and set_by == "$CROSS_SELL_PRODUCT_LEVEL"
+    off = {"ops": {"product_affinity": {"config": {"product_level": False}}}}
+    assert product_rules(run_graph(tiny_data, run_config=off)) == (0, "run config")
+
+    monkeypatch.setenv(settings.PRODUCT_LEVEL_ENV, "sometimes")
+    failed = run_graph(tiny_data)
+    assert not failed.success
+    [failure] = failed.get_step_failure_events()
+    assert "CROSS_SELL_PRODUCT_LEVEL is 'sometimes'" in str(failure.event_specific_data.error)

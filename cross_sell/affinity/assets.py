@@ -9,7 +9,7 @@ import duckdb
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cross_sell import contracts
+from cross_sell import contracts, settings
 from cross_sell.affinity import heatmap
 from cross_sell.affinity.logic import MASK_ITEMS, RULE_COLUMNS, association_rules, association_rules_from_masks
 from cross_sell.quality import gated_publish, output_contract_spec
@@ -24,8 +24,10 @@ class AffinityConfig(dg.Config):
 
     min_support: float = 0.01
     """Category-level rules with support below this share of transactions are dropped."""
-    product_level: bool = False
-    """Also compute product-to-product rules (larger; on request)."""
+    product_level: bool | None = None
+    """Also compute product-to-product rules (larger; on request). Unset: the deployment's setting,
+    ``$CROSS_SELL_PRODUCT_LEVEL`` (default false), which every run keeps, scheduled and automated
+    ones included; true or false here decides for this run only."""
     product_min_support: float = 0.002
     """Support floor for product-level rules."""
     basis: Literal["customer", "order"] = "customer"
@@ -39,6 +41,17 @@ PURCHASE_LINES = (
 # Each customer's categories, already one row per (customer, category): the same item sets as the
 # purchase lines give with customers as transactions, from a third of the rows and no join.
 CUSTOMER_CATEGORIES = "select customer_id, product_category from customer_category_matrix"
+
+
+def product_level_choice(requested: bool | None) -> tuple[bool, str]:
+    """Whether this run computes product-level rules, and what decided it: the run's config, else
+    the deployment's ``$CROSS_SELL_PRODUCT_LEVEL``, else the default (no)."""
+    if requested is not None:
+        return requested, "run config"
+    deployed = settings.product_level()
+    if deployed is not None:
+        return deployed, f"${settings.PRODUCT_LEVEL_ENV}"
+    return False, "default"
 
 
 def category_level_rules(conn: duckdb.DuckDBPyConnection, relation: str, transaction: str, *, min_support: float) -> pd.DataFrame:
@@ -69,12 +82,13 @@ def product_affinity(
     bought both (pair count), how common that is (support), how likely a buyer of A is to buy B
     (confidence) and how much A raises the odds of B compared with chance (lift). Marketing reads
     it to plan bundles and cross-sell campaigns; the scores build on it."""
+    product_level, product_level_set_by = product_level_choice(config.product_level)
     tx = "customer_id" if config.basis == "customer" else "order_id"
     categories = CUSTOMER_CATEGORIES if config.basis == "customer" else PURCHASE_LINES
     with connect(duckdb) as conn:
         frames = []
         frames.append(category_level_rules(conn, categories, tx, min_support=config.min_support))
-        if config.product_level:
+        if product_level:
             tx_codes, item_codes, names = encode_pairs(conn, PURCHASE_LINES, tx, "product_id")
             frames.append(
                 association_rules(tx_codes, item_codes, names, min_support=config.product_min_support, level="product")
@@ -94,6 +108,8 @@ def product_affinity(
                     "dagster/uri": uri(duckdb, "product_affinity"),
                     "basis": config.basis,
                     "min_support": config.min_support,
+                    "product_level": product_level,
+                    "product_level_set_by": product_level_set_by,
                     "category_rules": len(category_rules),
                     "product_rules": int((rules["level"] == "product").sum()),
                     "transactions": int(category_rules["transactions"].iloc[0]) if len(category_rules) else 0,
