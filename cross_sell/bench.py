@@ -5,8 +5,8 @@ What it does, in order:
 1. generates a dataset of the requested size with :mod:`cross_sell.generate` in a child process
    (so its memory does not count against the graph);
 2. materializes the whole asset graph the way users do, with ``dagster.materialize`` on a fresh
-   DuckDB file, and records each step's wall time from the run's events, and its CPU seconds and
-   peak memory from samples of the process (the CPU time says how many cores a step kept busy,
+   DuckDB file, and records each step's wall time and the rows it wrote (with its rows per second)
+   from the run's events, and its CPU seconds and peak memory from samples of the process (the CPU time says how many cores a step kept busy,
    and the whole run's CPU time divided by the cores is the least wall time this work could
    take on this machine, however well it overlapped);
 3. measures the floor: one DuckDB aggregation pass over the same purchase file;
@@ -144,6 +144,23 @@ def step_timings(instance: dg.DagsterInstance, run_id: str) -> list[StepTiming]:
                 StepTiming(event.step_key, entry.timestamp - starts[event.step_key], starts[event.step_key], entry.timestamp)
             )
     return timings
+
+
+def step_rows(result: dg.ExecuteInProcessResult) -> dict[str, int]:
+    """Rows each step wrote: the ``dagster/row_count`` of the assets it materialized (steps that
+    write no table, such as checks, are absent)."""
+    rows: dict[str, int] = {}
+    for event in result.get_asset_materialization_events():
+        count = event.materialization.metadata.get("dagster/row_count")
+        if event.step_key is not None and count is not None:
+            rows[event.step_key] = rows.get(event.step_key, 0) + int(count.value)
+    return rows
+
+
+def _rate_cells(rows: int | None, seconds: float) -> list[str]:
+    if rows is None:
+        return ["", ""]
+    return [f"{rows:,}", f"{rows / seconds:,.0f}" if seconds > 0 else "n/a"]
 
 
 def step_groups() -> dict[str, str]:
@@ -386,13 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         timings = [replace(t, cpu=sampler.cpu_seconds(t.start, t.end)) for t in step_timings(instance, result.run_id)]
         total_cpu = sampler.cpu_seconds(run.start, run.end)
         floor = floor_seconds(data_dir)
+        written = step_rows(result)
         rows = []
         for t in timings:
             step_peak = sampler.peak(t.start, t.end)
             rows.append([t.step, f"{t.seconds:.2f}", f"{t.seconds / total:.0%}", _cpu_cell(t.cpu),
                          f"{t.cpu / t.seconds:.2f}" if t.cpu is not None and t.seconds > 0 else "n/a",
-                         f"{step_peak / GIB:.2f}" if step_peak is not None else "n/a"])
-        print(table(rows, ["step", "wall s", "share", "CPU s", "cores busy", "peak RSS GiB (sampled)"]))
+                         f"{step_peak / GIB:.2f}" if step_peak is not None else "n/a",
+                         *_rate_cells(written.get(t.step), t.seconds)])
+        print(table(rows, ["step", "wall s", "share", "CPU s", "cores busy", "peak RSS GiB (sampled)", "rows written", "rows/s"]))
         print()
         print(table(group_rows(timings, total, total_cpu), ["asset group", "steps", "wall s", "share", "CPU s"]))
         print()

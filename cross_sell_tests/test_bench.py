@@ -39,6 +39,15 @@ def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys
     assert sum(groups.values()) == pytest.approx(total, abs=0.15)  # the groups and the gap between steps
     assert sum(steps.values()) == pytest.approx(total - groups["(between steps)"], abs=0.15)
     assert re.search(r"graph / floor +\| [0-9.]+x", output)
+    # Rows written and rows per second, for every step that writes a table: the published purchases
+    # are the input's lines (20,000 generated), and each rate is its rows over its wall time.
+    written = {row[0]: (row[6], row[7]) for row in _table(output, "step")}
+    assert written["publish_inputs"][0] != "" and int(written["publish_inputs"][0].replace(",", "")) > 20_000
+    assert written["cross_sell_scoring"][0] != "" and written["audit__purchases_contract"] == ("", "")
+    for step, (rows, rate) in written.items():
+        if rows and steps[step] > 0:
+            # rows / rate is the step's wall time, which the table rounds to 0.01 s
+            assert int(rows.replace(",", "")) / float(rate.replace(",", "")) == pytest.approx(steps[step], abs=0.006)
 
     # CPU seconds: every step and group has a figure, the groups add up to the whole run's, and
     # no step kept more cores busy than the machine has.
