@@ -5,7 +5,7 @@ What it does, in order:
 1. generates a dataset of the requested size with :mod:`cross_sell.generate` in a child process
    (so its memory does not count against the graph);
 2. materializes the whole asset graph the way users do, with ``dagster.materialize`` on a fresh
-   DuckDB file, and records each step's wall time and the rows it wrote (with its rows per second)
+   DuckDB file, and records each step's wall time and output rows (with its rows per second)
    from the run's events, and its CPU seconds and peak memory from samples of the process (the CPU time says how many cores a step kept busy,
    and the whole run's CPU time divided by the cores is the least wall time this work could
    take on this machine, however well it overlapped);
@@ -147,8 +147,8 @@ def step_timings(instance: dg.DagsterInstance, run_id: str) -> list[StepTiming]:
 
 
 def step_rows(result: dg.ExecuteInProcessResult) -> dict[str, int]:
-    """Rows each step wrote: the ``dagster/row_count`` of the assets it materialized (steps that
-    write no table, such as checks, are absent)."""
+    """Rows each step put out: the ``dagster/row_count`` of the assets it materialized, tables,
+    views or files (steps without one, such as checks, are absent)."""
     rows: dict[str, int] = {}
     for event in result.get_asset_materialization_events():
         count = event.materialization.metadata.get("dagster/row_count")
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{t.cpu / t.seconds:.2f}" if t.cpu is not None and t.seconds > 0 else "n/a",
                          f"{step_peak / GIB:.2f}" if step_peak is not None else "n/a",
                          *_rate_cells(written.get(t.step), t.seconds)])
-        print(table(rows, ["step", "wall s", "share", "CPU s", "cores busy", "peak RSS GiB (sampled)", "rows written", "rows/s"]))
+        print(table(rows, ["step", "wall s", "share", "CPU s", "cores busy", "peak RSS GiB (sampled)", "output rows", "output rows/s"]))
         print()
         print(table(group_rows(timings, total, total_cpu), ["asset group", "steps", "wall s", "share", "CPU s"]))
         print()

@@ -39,7 +39,7 @@ def test_bench_runs_the_whole_graph_and_its_tables_add_up(tmp_path: Path, capsys
     assert sum(groups.values()) == pytest.approx(total, abs=0.15)  # the groups and the gap between steps
     assert sum(steps.values()) == pytest.approx(total - groups["(between steps)"], abs=0.15)
     assert re.search(r"graph / floor +\| [0-9.]+x", output)
-    # Rows written and rows per second, for every step that writes a table: the published purchases
+    # Output rows and rows per second, for every step that has a row count: the published purchases
     # are the input's lines (20,000 generated), and each rate is its rows over its wall time.
     written = {row[0]: (row[6], row[7]) for row in _table(output, "step")}
     assert written["publish_inputs"][0] != "" and int(written["publish_inputs"][0].replace(",", "")) > 20_000
