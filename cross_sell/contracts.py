@@ -34,6 +34,13 @@ def _now_naive_utc() -> pd.Timestamp:
     return pd.Timestamp(datetime.now(timezone.utc).replace(tzinfo=None))
 
 
+def _finite(values: pd.Series) -> pd.Series:
+    """True where a number is finite or missing (a missing value is the nullability rule's): NaN
+    read from a file, infinity and minus infinity fail. In SQL, where NaN is not null, see
+    :data:`SQL_CHECKS`."""
+    return values.isna() | values.abs().lt(float("inf"))
+
+
 class Customer(pa.DataFrameModel):
     """One row per customer."""
 
@@ -57,6 +64,10 @@ class Customer(pa.DataFrameModel):
         required=False, nullable=True, dtype_kwargs=_ISO, description="When the customer enrolled (ISO 8601)."
     )
 
+    @pa.check("income", name="finite")
+    def income_finite(cls, income: Series[float]) -> Series[bool]:
+        return _finite(income)
+
     @pa.check("birth_year", name="not_after_this_year")
     def birth_year_not_after_this_year(cls, birth_year: Series[pd.Int64Dtype]) -> Series[bool]:
         return birth_year.isna() | (birth_year <= datetime.now(timezone.utc).year)
@@ -78,6 +89,10 @@ class Product(pa.DataFrameModel):
         str_matches=NON_BLANK, description="Category the product belongs to; the unit of cross-selling."
     )
     price: Series[float] = pa.Field(required=False, nullable=True, ge=0, description="List price per unit; >= 0 when known.")
+
+    @pa.check("price", name="finite")
+    def price_finite(cls, price: Series[float]) -> Series[bool]:
+        return _finite(price)
 
     @pa.check("product_category", name="no_surrounding_spaces")
     def product_category_no_surrounding_spaces(cls, product_category: Series[str]) -> Series[bool]:
@@ -112,6 +127,10 @@ class Purchase(pa.DataFrameModel):
         required=False, nullable=True, isin=list(CHANNELS), description="Sales channel: web, store, catalog or other."
     )
 
+    @pa.check("amount", name="finite")
+    def amount_finite(cls, amount: Series[float]) -> Series[bool]:
+        return _finite(amount)
+
     @pa.check("purchase_date", name="not_in_future")
     def purchase_date_not_in_future(cls, purchase_date: Series[pd.Timestamp]) -> Series[bool]:
         return purchase_date <= _now_naive_utc() + FUTURE_TOLERANCE
@@ -137,6 +156,7 @@ SQL_CHECKS: dict[str, Callable[[str], str]] = {
     ),
     "not_after_this_year": lambda column: f"{column} <= {datetime.now(timezone.utc).year}",
     "no_surrounding_spaces": lambda column: f"not regexp_matches({column}, '{SURROUNDING_SPACE}')",
+    "finite": lambda column: f"isfinite({column})",  # NaN, which DuckDB does not count as null, fails too
 }
 
 
@@ -175,6 +195,10 @@ class CustomerMetrics(pa.DataFrameModel):
         "null when the inputs have no prices, orders or purchase dates.",
     )
 
+    @pa.check("purchase_frequency", "total_spend", "avg_order_value", "recency_days", "tenure_days", "clv", name="finite")
+    def metrics_finite(cls, values: Series[float]) -> Series[bool]:
+        return _finite(values)
+
     class Config:
         name = "customer_metrics"
 
@@ -200,6 +224,10 @@ class CustomerCategory(pa.DataFrameModel):
         nullable=True, description="Latest purchase in the category (null when lines carry no purchase dates)."
     )
 
+    @pa.check("spend", name="finite")
+    def spend_finite(cls, spend: Series[float]) -> Series[bool]:
+        return _finite(spend)
+
     class Config:
         name = "customer_category_matrix"
         unique = ["customer_id", "product_category"]
@@ -218,6 +246,10 @@ class ProductAffinity(pa.DataFrameModel):
     support: Series[float] = pa.Field(ge=0, le=1, description="P(A and B) = pair_count / transactions.")
     confidence: Series[float] = pa.Field(ge=0, le=1, description="P(B | A) = pair_count / antecedent_count.")
     lift: Series[float] = pa.Field(ge=0, description="confidence / P(B); > 1 means A raises the odds of B.")
+
+    @pa.check("lift", name="finite")
+    def lift_finite(cls, lift: Series[float]) -> Series[bool]:
+        return _finite(lift)
 
     @pa.dataframe_check(name="symmetric_pair_counts")
     def symmetric_pair_counts(cls, df: pd.DataFrame) -> Series[bool]:

@@ -64,6 +64,7 @@ _RULE_MEANINGS = {
     "completeness:not_blank": "value is empty or only spaces",
     "completeness:not_empty": "the input has no rows",
     "schema:column_in_contract": "column is not in the contract (strict contract)",
+    "validity:finite": "must be a finite number (not NaN, infinity or minus infinity)",
     "validity:not_in_future": "must not be in the future",
     "validity:not_after_this_year": "must not be after this year",
     "validity:no_surrounding_spaces": "has spaces before or after it ('Wines ' would be a second category beside 'Wines')",

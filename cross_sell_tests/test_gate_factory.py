@@ -346,6 +346,22 @@ def test_affinity_gate_catches_negative_lift_and_asymmetric_pairs() -> None:
     }
 
 
+def test_output_gates_catch_infinite_measures() -> None:
+    """Infinity passes ">= 0"; the finite rule stops it in the metrics and the affinity."""
+    rules = _tiny_rules()
+    bad = rules.copy()
+    bad.loc[(bad.antecedent == "A") & (bad.consequent == "C"), "lift"] = np.inf
+    assert validate_frame(contracts.ProductAffinity, bad).counts() == {"validity:finite": {"lift": 1}}
+    metrics = pd.DataFrame({
+        "customer_id": ["C1", "C2", "C3"], "orders": [1, 2, 0], "purchase_frequency": [1.0, np.inf, 0.0],
+        "total_spend": [10.0, 20.0, 0.0], "avg_order_value": [10.0, 10.0, 0.0], "recency_days": [1.0, 2.0, None],
+        "tenure_days": [30.0, 40.0, 50.0], "clv": [np.inf, 5.0, 0.0],
+    })
+    report = validate_frame(frame_contract(contracts.CustomerMetrics, metrics), metrics)
+    assert report.counts() == {"validity:finite": {"purchase_frequency": 1, "clv": 1}}
+    assert validate_frame(frame_contract(contracts.CustomerMetrics, metrics.replace(np.inf, 1.0)), metrics.replace(np.inf, 1.0)).passed
+
+
 def test_affinity_gate_catches_duplicate_keys() -> None:
     rules = _tiny_rules()
     bad = pd.concat([rules, rules[rules.antecedent == "C"]], ignore_index=True)  # C -> A twice

@@ -211,6 +211,22 @@ CASES = [
         {PURCHASE_GATE: {"validity:greater_than_or_equal_to(0)": {"amount": 1}}},
     ),
     Case(
+        "nan_and_infinite_amounts",  # DuckDB reads both as numbers, and NaN >= 0 holds in SQL
+        edit("purchase.csv", lambda text: text.replace(",1,10,web", ",1,NaN,web").replace(",1,15,other", ",1,inf,other")),
+        {PURCHASE_CONTRACT_STEP},
+        {PURCHASE_GATE: {"validity:finite": {"amount": 2}}},
+    ),
+    Case(
+        "infinite_price_and_nan_income",  # a NaN income would reach marketing as the top income band
+        lambda folder: (
+            edit("product.csv", lambda text: text.replace("P2,Steak,Meat,20", "P2,Steak,Meat,-Infinity"))(folder),
+            edit("customer.csv", lambda text: text.replace(",30000,GB,", ",nan,GB,"))(folder),
+        ),
+        {"audit__products_contract", "audit__customers_contract"},
+        {("audit/products", "contract"): {"validity:finite": {"price": 1}, "validity:greater_than_or_equal_to(0)": {"price": 1}},
+         CUSTOMER_GATE: {"validity:finite": {"income": 1}}},
+    ),
+    Case(
         "fractional_quantity",
         replace_line("purchase.csv", L1, L1.replace(",1,10,", ",1.5,10,")),
         {PURCHASE_CONTRACT_STEP},
