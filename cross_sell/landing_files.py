@@ -14,7 +14,8 @@ Upstream systems drop extra purchase lines (the canonical purchase columns, as `
 
 Accepted files stay part of the purchase input: every later landing of purchases (the daily full
 refresh included) reads them after the source files, so re-reading ``$CROSS_SELL_DATA_DIR`` never
-loses landed rows. Rows are upserted by ``purchase_id``: for each id only the rows of the most
+loses landed rows. Only the files the warehouse's own log accepted count: another warehouse
+sharing the landing folder never reads them. Rows are upserted by ``purchase_id``: for each id only the rows of the most
 recent source are kept, so landing the same lines twice, even under another file name, never
 duplicates them, and a later file can correct a line. Duplicates *within* one file are kept, so
 the uniqueness gate still sees and reports them.
@@ -112,11 +113,22 @@ def pending_files(landing_dir: Path, min_age_seconds: float = 0.0, now: float | 
     return sorted(found, key=lambda f: (f.mtime_ns, f.name))
 
 
-def accepted_files(landing_dir: Path | None) -> list[Path]:
-    """Accepted files, in the order they were accepted (their archive names start with a timestamp)."""
+def accepted_files(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None) -> list[Path]:
+    """The files this warehouse accepted, in the order they were accepted (their archive names
+    start with a timestamp). Only those its own log records as accepted: a landing folder shared
+    with another warehouse (another dataset, a test copy) holds archives that are not this
+    product's lines. Matched by archive name, unique per file, so a moved landing folder still
+    works; an accepted file removed from the archive is no longer part of the input."""
     if landing_dir is None or not (landing_dir / PROCESSED).is_dir():
         return []
-    return sorted(p for p in (landing_dir / PROCESSED).iterdir() if is_landing_file(p))
+    ensure_log(conn)
+    ours = {
+        Path(path).name
+        for (path,) in conn.execute(
+            f"select path from {AUDIT_SCHEMA}.{LOG_TABLE} where status = ? and path is not null", [ACCEPTED]
+        ).fetchall()
+    }
+    return sorted(p for p in (landing_dir / PROCESSED).iterdir() if p.name in ours and is_landing_file(p))
 
 
 def resolve_pending(landing_dir: Path | None, names: Sequence[str]) -> list[Path]:
@@ -190,7 +202,7 @@ def add_landed_files(
     Runs in the caller's transaction, so a failure leaves the audit tables as they were.
     """
     new = resolve_pending(landing_dir, new_names)
-    sources = [*accepted_files(landing_dir), *new]
+    sources = [*accepted_files(conn, landing_dir), *new]
     if not sources:
         return report
     table = report.table

@@ -19,6 +19,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 import pytest
+from dagster_duckdb import DuckDBResource
 
 from cross_sell import automation, landing_files, slo
 from cross_sell.definitions import ASSETS, CHECKS, build_definitions
@@ -215,6 +216,14 @@ def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> Non
     new = log[(log.file == "new.csv") & (log.status == "accepted")].iloc[0]
     assert new.rows == 2 and new.sha256 == landing_files.file_sha256(processed[0])
     assert new.run_id == result.run_id
+
+    # Another warehouse sharing the landing folder (another dataset, a test copy) never reads the
+    # files this one accepted: its full refresh publishes its own source lines only.
+    other = env.warehouse.with_name("other.duckdb")
+    resources = {**env.resources, "duckdb": DuckDBResource(database=str(other))}
+    assert dg.materialize([*ASSETS, *CHECKS], selection=INGEST_GROUP, resources=resources, raise_on_error=False).success
+    assert len(read_table(other, "purchases")) == 6
+    assert len(env.table("purchases")) == 7  # and this one still has them
 
 
 def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -> None:
