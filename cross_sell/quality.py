@@ -137,6 +137,12 @@ def _validity_meaning(check: str) -> str:
     return f"must satisfy {name.replace('_', ' ')}"
 
 
+# How many offending rows a failed gate writes into the run's log (the metadata holds up to
+# MAX_SAMPLE_ROWS), and which of their columns identify them there.
+LOGGED_SAMPLE_ROWS = 5
+SAMPLE_KEY_COLUMNS = ("purchase_id", "order_id", "customer_id", "product_id", "_source_file")
+
+
 @dataclass(frozen=True)
 class GateReport:
     """What a contract found in one table."""
@@ -169,6 +175,20 @@ class GateReport:
             return f"contract {self.contract}: all {self.rows_checked} rows passed"
         parts = [f"{r.rule} on {r.column}: {r.failing_count}" for r in self.failures.itertuples()]
         return f"contract {self.contract} failed ({self.rows_checked:,} rows checked): " + "; ".join(parts)
+
+    def sample_text(self, rows: int = LOGGED_SAMPLE_ROWS) -> str:
+        """The first offending rows as a small table for logs and terminals: the rule, the column,
+        the value, the row, and the row's keys and source file where it has them (the whole rows
+        are in the ``failing_rows_sample`` metadata)."""
+        if self.sample.empty:
+            return ""
+        columns = [c for c in ("rule", "column", "value", "row", *SAMPLE_KEY_COLUMNS) if c in self.sample.columns]
+        shown = self.sample[columns].head(rows)
+        if "_source_file" in shown.columns:
+            shown = shown.assign(_source_file=shown["_source_file"].str.rsplit("/", n=1).str[-1])
+        more = len(self.sample) - len(shown)
+        note = f"\n({more} more sample rows in the failing_rows_sample metadata)" if more > 0 else ""
+        return markdown(shown) + note
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,7 +515,8 @@ def build_gate_check(
         if report.passed:
             context.log.info(f"Gate {asset.to_user_string()}:{name} passed: {report.summary()}")
         else:
-            context.log.error(f"Gate {asset.to_user_string()}:{name} FAILED: {report.summary()}")
+            sample = report.sample_text()
+            context.log.error(f"Gate {asset.to_user_string()}:{name} FAILED: {report.summary()}" + (f"\n{sample}" if sample else ""))
         return check_result(report)
 
     return _gate
@@ -522,11 +543,15 @@ def output_contract_spec(asset: str, model: type[pa.DataFrameModel]) -> dg.Asset
     )
 
 
+def output_report(model: type[pa.DataFrameModel], df: pd.DataFrame) -> GateReport:
+    """What the output contract finds in a computed output."""
+    return validate_frame(frame_contract(model, df), df, require_rows=False)
+
+
 def output_gate(model: type[pa.DataFrameModel], df: pd.DataFrame, asset_key: dg.AssetKey | None = None) -> dg.AssetCheckResult:
     """Validate a computed output before it is published (``asset_key``: needed when the step
     materializes more than one asset)."""
-    report = validate_frame(frame_contract(model, df), df, require_rows=False)
-    return check_result(report, asset_key=asset_key, check_name=OUTPUT_CONTRACT)
+    return check_result(output_report(model, df), asset_key=asset_key, check_name=OUTPUT_CONTRACT)
 
 
 def gated_publish(
@@ -541,9 +566,13 @@ def gated_publish(
     only if it passed. On failure the gate's result is reported and the step fails, so the
     previous table stays and nothing downstream runs. ``asset_key``: the asset the results are
     for, when the step materializes more than one."""
-    gate = output_gate(model, df, asset_key)
+    report = output_report(model, df)
+    gate = check_result(report, asset_key=asset_key, check_name=OUTPUT_CONTRACT)
     if not gate.passed:
         yield gate
-        raise GateFailedError(f"Gate {table}:{OUTPUT_CONTRACT} FAILED, {table} not published: {gate.description}")
+        sample = report.sample_text()
+        raise GateFailedError(
+            f"Gate {table}:{OUTPUT_CONTRACT} FAILED, {table} not published: {gate.description}" + (f"\n{sample}" if sample else "")
+        )
     replace_with_frame(conn, table, df)
     yield dg.MaterializeResult(asset_key=asset_key, metadata={"dagster/row_count": len(df), **metadata}, check_results=[gate])

@@ -474,6 +474,11 @@ def test_cli_run_on_bad_data_exits_non_zero_and_names_the_gate(
     assert proc.returncode != 0
     assert "Gate audit/purchases:contract FAILED" in output
     assert "validity:greater_than_or_equal_to(0) on amount: 1" in output
+    # The offending row itself, in the terminal: rule, column, value, row and the row's keys.
+    [row] = [line for line in output.splitlines() if line.startswith("| validity:greater_than_or_equal_to(0)")]
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [
+        "validity:greater_than_or_equal_to(0)", "amount", "-10", "0", "L1", "O1", "C1", "P1", "purchase.csv"
+    ]
     assert "blocking asset check failed" in output and "audit/purchases: contract" in output
     with duckdb.connect(str(warehouse_path), read_only=True) as conn:
         published = conn.execute("select table_name from information_schema.tables where table_schema = 'main'").fetchall()
