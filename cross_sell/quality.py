@@ -207,7 +207,8 @@ def _parse_column(values: pd.Series, dtype: object) -> pd.Series | None:
         return number.where(integral).astype("Int64")
     if name.startswith("datetime64"):
         kwargs = dict(getattr(dtype, "to_datetime_kwargs", None) or {})
-        parsed = pd.to_datetime(values, errors="coerce", **kwargs)
+        iso = values.astype("string").str.fullmatch(quality_sql.ISO_TIMESTAMP).fillna(False).astype(bool)
+        parsed = pd.to_datetime(values.where(iso), errors="coerce", **kwargs)  # pandas' ISO8601 reads 2025/01/01 too
         return parsed if str(parsed.dtype) == name else None  # time zones etc.: pandera decides
     return None
 

@@ -7,7 +7,8 @@ further pass; only a column with duplicates gets one grouped pass that lists the
 
 * missing required column        -> ``column_in_dataframe``
 * value not castable to the type -> ``coerce_dtype('<dtype>')`` (DuckDB ``try_cast``: the same cast
-  that publishing applies, so what passes the gate is exactly what gets published)
+  that publishing applies, so what passes the gate is exactly what gets published; a timestamp
+  held as text must also be written in ISO 8601, :data:`ISO_TIMESTAMP`)
 * null in a non-nullable column  -> ``not_nullable``
 * duplicate in a unique column   -> ``field_uniqueness``
 * built-in checks ``greater_than``, ``greater_than_or_equal_to``, ``less_than``,
@@ -47,6 +48,11 @@ SQL_TYPES = {
 # first character and matches; an empty value or one starting with a byte below '!' goes to the
 # regex. On ids this is about six times cheaper than the regex on every value.
 REGEX_SHORTCUTS = {r"^\s*\S": "{} >= '!'"}
+
+# What a timestamp held as text must look like: ISO 8601, a date (yyyy-mm-dd) with an optional
+# time (T or a space, then hh:mm, :ss and a fraction), no time zone. DuckDB's own cast is lenient:
+# it reads 2025/03/01 and 2025-3-1, and it drops a "+02" offset, shifting the time silently.
+ISO_TIMESTAMP = r"\s*\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?\s*"
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,11 @@ def _builtin_predicate(check: pa.Check, typed: str) -> str | None:
     return None
 
 
-def compile_rules(schema: pa.DataFrameSchema, present: list[str]) -> tuple[list[Rule], list[tuple[str, pa.Check]], list[str]]:
-    """Row rules in SQL, checks left for pandas as (column, check), and unique columns."""
+def compile_rules(
+    schema: pa.DataFrameSchema, present: list[str], text: frozenset[str] = frozenset()
+) -> tuple[list[Rule], list[tuple[str, pa.Check]], list[str]]:
+    """Row rules in SQL, checks left for pandas as (column, check), and unique columns. ``text``:
+    the present columns held as text (a timestamp among them must be written in ISO 8601)."""
     rules: list[Rule] = []
     in_pandas: list[tuple[str, pa.Check]] = []
     unique: list[str] = []
@@ -110,6 +119,8 @@ def compile_rules(schema: pa.DataFrameSchema, present: list[str]) -> tuple[list[
         dtype = str(column.dtype)
         sql_type = SQL_TYPES.get(dtype, "varchar")
         typed = raw if sql_type == "varchar" else f"try_cast({raw} as {sql_type})"
+        if sql_type == "timestamp" and name in text:
+            typed = f"(case when regexp_full_match({raw}, {sql_literal(ISO_TIMESTAMP)}) then {typed} end)"
         if sql_type == "bigint":  # DuckDB rounds text '1.5' to 2 when casting to an integer: refuse fractions
             typed = f"(case when try_cast({raw} as double) = {typed} then {typed} end)"
         if sql_type == "varchar":
@@ -134,7 +145,9 @@ def failure_cases(
 ) -> tuple[int, pd.DataFrame]:
     """Rows checked and pandera-shaped failure cases (check, column, failure_case, index) with at
     most ``sample_per_rule`` listed cases per rule, plus a ``count`` column with each rule's total."""
-    present = [r[0] for r in conn.execute(f"describe {table}").fetchall()]
+    described = conn.execute(f"describe {table}").fetchall()
+    present = [r[0] for r in described]
+    text = frozenset(r[0] for r in described if r[1] == "VARCHAR")
     rows = int(conn.execute(f"select count(*) from {table}").fetchone()[0])
     found: list[pd.DataFrame] = []
 
@@ -142,7 +155,7 @@ def failure_cases(
     if missing:
         found.append(pd.DataFrame({"check": "column_in_dataframe", "column": missing, "failure_case": missing,
                                    "index": None, "count": 1}))
-    rules, in_pandas, unique = compile_rules(schema, present)
+    rules, in_pandas, unique = compile_rules(schema, present, text)
 
     duplicated: list[str] = []
     if (rules or unique) and rows:

@@ -101,6 +101,21 @@ def test_failures_are_counted_per_rule_and_column(engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_timestamps_in_text_must_be_iso_8601(engine: str) -> None:
+    """Both engines read only ISO 8601 dates: not 2025/01/01, not 2025-1-5, and not a time zone
+    offset, which DuckDB's cast would drop without a word."""
+    df = _purchases_text()
+    df.loc[0, "purchase_date"] = "2025/01/01 10:00:00"
+    df.loc[1, "purchase_date"] = "2025-1-5"
+    df.loc[2, "purchase_date"] = "2025-02-01 11:00:00+02"
+    df.loc[3, "purchase_date"] = "2025-03-01T12:00:00.250"  # ISO with a T and a fraction: fine
+    df.loc[4, "purchase_date"] = "2025-03-02"  # a date alone: fine
+    report = _validate(engine, contracts.Purchase, df)
+    assert report.counts() == {"type:timestamp": {"purchase_date": 3}}
+    assert sorted(report.sample["value"]) == ["2025-02-01 11:00:00+02", "2025-1-5", "2025/01/01 10:00:00"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_missing_column_and_empty_frame(engine: str) -> None:
     missing = _validate(engine, contracts.Purchase, _purchases_text().drop(columns=["amount"]))
     assert missing.counts() == {"schema:column_present": {"amount": 1}}

@@ -297,5 +297,15 @@ def test_basket_log_options_category_column_iso_dates_and_a_bad_date(tmp_path: P
     assert not result.success
     gate = check_evaluation(result, "contract", ["audit", "purchases"])
     assert gate.metadata["failure_counts"].value == {"type:timestamp": {"purchase_date": 1}}
-    assert "01/03/2025" in gate.metadata["failing_rows_sample"].value
+    assert "01/03/2025 (not %Y-%m-%d)" in gate.metadata["failing_rows_sample"].value
     assert len(read_table(warehouse, "purchases")) == 3  # the last good load stays published
+
+    # A date in another format fails even when it would read as ISO: 2025-03-01 in a dd-mm-yyyy log.
+    log.write_text("customer;order_date;item\nA;02-03-2025;Brie\nB;2025-03-01;Brie\n")
+    day_first = {**resources, "input_files": InputFiles(location=str(log), input_format="basket_log", date_format="%d-%m-%Y")}
+    result = dg.materialize([*ASSETS, *CHECKS], selection="group:ingest", resources=day_first, raise_on_error=False)
+    assert not result.success
+    gate = check_evaluation(result, "contract", ["audit", "purchases"])
+    assert gate.metadata["failure_counts"].value == {"type:timestamp": {"purchase_date": 1}}
+    assert "2025-03-01 (not %d-%m-%Y)" in gate.metadata["failing_rows_sample"].value
+    assert len(read_table(warehouse, "purchases")) == 3

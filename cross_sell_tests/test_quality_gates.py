@@ -263,6 +263,13 @@ CASES = [
         {PURCHASE_GATE: {"type:timestamp": {"purchase_date": 1}}},
     ),
     Case(
+        "purchase_dates_not_iso",  # DuckDB's cast would read both, the second with its offset dropped
+        edit("purchase.csv", lambda text: text.replace("2025-01-01 10:00:00", "2025/01/01 10:00:00")
+             .replace("2025-04-01 09:00:00", "2025-04-01 09:00:00+02")),
+        {PURCHASE_CONTRACT_STEP},
+        {PURCHASE_GATE: {"type:timestamp": {"purchase_date": 3}}},
+    ),
+    Case(
         "header_only_file",
         write_bytes("purchase.csv", (PURCHASE_HEADER + "\n").encode()),
         {PURCHASE_CONTRACT_STEP},

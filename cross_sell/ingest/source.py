@@ -126,9 +126,12 @@ def publish_mapping(
 
 def iso_date_sql(column: str, date_format: str) -> str:
     """The text date in ``column`` as ISO ``yyyy-mm-dd`` when it parses with ``date_format``;
-    otherwise the trimmed text itself, so the contract gate reports the value it could not read."""
+    otherwise the trimmed text followed by the format it does not match (``2015-07-21 (not
+    %d-%m-%Y)``), which no contract reads as a date, so the contract gate reports the value, even
+    one that happens to be ISO: a file's dates follow its one format, never a guess."""
     raw = f"nullif(trim({quoted(column)}), '')"
-    return f"coalesce(strftime(try_strptime({raw}, {literal(date_format)}), '%Y-%m-%d'), {raw})"
+    unmatched = literal(f" (not {date_format})")
+    return f"coalesce(strftime(try_strptime({raw}, {literal(date_format)}), '%Y-%m-%d'), {raw} || {unmatched})"
 
 
 def date_conversion_finding(conn: duckdb.DuckDBPyConnection, table: str, column: str, date_format: str) -> Finding:
