@@ -379,6 +379,27 @@ def test_bad_input_fails_clearly_and_changes_nothing(
     assert_unchanged(warehouse_path, before)
 
 
+def test_a_quote_left_open_mid_file_says_the_lines_after_it_were_lost(
+    after_good_run, run_graph: RunGraph, warehouse_path: Path
+) -> None:
+    """In CSV a quoted value may span lines, so a quote never closed swallows the lines after it.
+    The gate fails on the line where it opened and says the rest was neither landed nor checked."""
+    data, before = after_good_run
+    replace_line("purchase.csv", L1, L1.replace(",web", ',"web'))(data)
+    result = run_graph(data)
+    assert not result.success
+    gate = _evaluation(result, *PURCHASE_GATE)
+    # Nothing else was read, so the load is empty too.
+    assert gate.metadata["failure_counts"].value == {
+        "parse:unquoted_value": {"channel": 1}, "completeness:not_empty": {"<table>": 1}
+    }
+    sample = gate.metadata["failing_rows_sample"].value
+    assert "purchase.csv line 2: L1,O1,C1,P1,2025-01-01 10:00:00,1,10," in sample
+    assert "none of them was landed or checked" in sample and "L2,O1" not in sample
+    assert gate.metadata["rows_checked"].value == 0
+    assert_unchanged(warehouse_path, before)
+
+
 # ---------------------------------------------------------------------------------------------
 # Inputs that are unusual but acceptable, and soft signals.
 

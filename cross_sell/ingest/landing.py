@@ -240,10 +240,16 @@ def rejects_as_failure_cases_sql(table: str) -> str:
     """The rejected lines of a landing in pandera's failure-case shape, for the gate: rule
     ``parse:<error>`` (e.g. ``parse:invalid_encoding``), the column DuckDB stopped at, and the
     file, line number and (start of the) line as the value."""
+    record = "rtrim(csv_line, chr(13) || chr(10))"
+    # A quote left open runs the record on over the lines after it, often to the end of the file,
+    # and DuckDB keeps only the start of such a record: say that the lines after it were lost.
+    first_line = f"split_part({record}, chr(10), 1)"
     return (
         f"select 'parse:' || lower(replace(error_type, ' ', '_')) as check, "
         f"coalesce(column_name, '<line>') as column, "
-        f"parse_filename(file) || ' line ' || line || ': ' || left(rtrim(csv_line, chr(13) || chr(10)), 200) as failure_case, "
+        f"parse_filename(file) || ' line ' || line || ': ' || left({first_line}, 200) "
+        f"|| case when contains({record}, chr(10)) then ' (a quote opened here is never closed on its line: the lines "
+        f"after it were read into this one value, and none of them was landed or checked)' else '' end as failure_case, "
         f"null::bigint as index "
         f"from {AUDIT_SCHEMA}.{table}_rejects order by file, line"
     )
