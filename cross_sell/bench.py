@@ -6,9 +6,10 @@ What it does, in order:
    (so its memory does not count against the graph);
 2. materializes the whole asset graph the way users do, with ``dagster.materialize`` on a fresh
    DuckDB file, and records each step's wall time and output rows (with its rows per second)
-   from the run's events, and its CPU seconds and peak memory from samples of the process (the CPU time says how many cores a step kept busy,
-   and the whole run's CPU time divided by the cores is the least wall time this work could
-   take on this machine, however well it overlapped);
+   from the run's events, and its CPU seconds and peak memory from samples of the process (the
+   CPU time says how many cores a step kept busy, and the whole run's CPU time divided by the
+   cores is the least wall time this work could take on this machine, however well it
+   overlapped);
 3. measures the floor: one DuckDB aggregation pass over the same purchase file;
 4. optionally runs mlxtend's ``apriori`` + ``association_rules`` on the same customer x category
    data, checks that both give the same support, confidence and lift for every pair (to 1e-9),

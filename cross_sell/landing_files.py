@@ -15,9 +15,9 @@ Upstream systems drop extra purchase lines (the canonical purchase columns, as `
 Accepted files stay part of the purchase input: every later landing of purchases (the daily full
 refresh included) reads them after the source files, so re-reading ``$CROSS_SELL_DATA_DIR`` never
 loses landed rows. Only the files the warehouse's own log accepted count: another warehouse
-sharing the landing folder never reads them. Rows are upserted by ``purchase_id``: for each id only the rows of the most
-recent source are kept, so landing the same lines twice, even under another file name, never
-duplicates them, and a later file can correct a line. Duplicates *within* one file are kept, so
+sharing the landing folder never reads them. Rows are upserted by ``purchase_id``: for each id
+only the rows of the most recent source are kept, so landing the same lines twice, even under
+another file name, never duplicates them, and a later file can correct a line. Duplicates *within* one file are kept, so
 the uniqueness gate still sees and reports them.
 """
 
