@@ -125,6 +125,10 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     name="run_failure_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=10,
+    # Runs from the shell (`dagster asset materialize -m cross_sell.definitions`) belong to a code
+    # location named after the module, not to the UI's `cross_sell`: watch every location of the
+    # instance, which is this project's own (DAGSTER_HOME), so their failures are alerted too.
+    monitor_all_code_locations=True,
     description="Alert on every failed run (audit.run_alerts and the log) and settle its landing files.",
 )
 def run_failure_alert_sensor(
