@@ -131,6 +131,14 @@ def _run_row(which: str, record) -> dict:
     }
 
 
+def _duration_text(run) -> str:
+    """A run's duration, or, for one still going (the run this report is part of, when it also
+    refreshed the scores), that it has not finished and since when."""
+    if pd.notna(run.duration_s):
+        return f"{run.duration_s} s ({run.status}, {run.job})"
+    return f"not finished: {run.status} since {run.started} ({run.job}; this report may be part of it)"
+
+
 def run_slis(instance: dg.DagsterInstance) -> pd.DataFrame:
     """The latest finished run, and the run that produced the current cross_sell_scores."""
     rows = []
@@ -241,7 +249,7 @@ class SloReport:
             for r in self.gates.itertuples()
         ]
         rows += [
-            {"sli": "run duration", "subject": r.run, "value": f"{r.duration_s} s ({r.status}, {r.job})",
+            {"sli": "run duration", "subject": r.run, "value": _duration_text(r),
              "objective": slo.PERFORMANCE.objective, "measured_at": self.generated_at}
             for r in self.runs.itertuples()
         ]

@@ -95,6 +95,11 @@ def test_generated_graph_invariants(generated_data: Path, run_graph: RunGraph, w
     # The planted structure is found: some category pairs are clearly more than chance.
     assert affinity.lift.max() > 1.3
 
+    # The SLO report ran in the run that made the scores: it says that run has not finished yet.
+    durations = read_table(warehouse_path, "slo_report").query("sli == 'run duration'").set_index("subject").value
+    assert not durations.str.contains("nan").any()
+    assert durations["run behind the current cross_sell_scores"].startswith("not finished: STARTED since ")
+
 
 def test_materialization_metadata_is_real(tiny_data: Path, run_graph: RunGraph) -> None:
     result = run_graph(tiny_data)
