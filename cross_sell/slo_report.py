@@ -1,7 +1,8 @@
 """The SLO report: the measured values (SLIs) behind every SLO of :mod:`cross_sell.slo`.
 
 * **freshness** per product asset: the state the freshness daemon last recorded (PASS, WARN, FAIL;
-  UNKNOWN when it has not evaluated the asset yet), when it did, and the age of the last update;
+  UNKNOWN when it has not evaluated the asset yet), since when it holds (the daemon checks every
+  30 s but records only changes), and the age of the last update;
 * **gate pass rate** over the last 7 days, from the instance's asset check history: passed
   evaluations of every blocking check divided by all its evaluations;
 * **last run duration**: the latest finished run, and the run that produced the current scores;
@@ -61,7 +62,8 @@ def _utc(ts: float | None) -> datetime | None:
 
 
 def freshness_slis(instance: dg.DagsterInstance, now: float) -> pd.DataFrame:
-    """The daemon's freshness state of every asset with an SLO, and the age of its last update."""
+    """The daemon's freshness state of every asset with an SLO (and since when it holds), and the
+    age of its last update."""
     keys = [dg.AssetKey.from_user_string(a) for s in slo.FRESHNESS_SLOS for a in s.assets]
     records = instance.get_freshness_state_records(keys)
     rows = []
@@ -73,12 +75,13 @@ def freshness_slis(instance: dg.DagsterInstance, now: float) -> pd.DataFrame:
                 "asset": key.to_user_string(),
                 "slo": slo.slo_for_asset(key.to_user_string()).name,
                 "state": record.freshness_state.value if record else "UNKNOWN",
-                "evaluated_at": record.updated_at.replace(tzinfo=None, microsecond=0) if record else None,
+                # The daemon checks every 30 s but records a state only when it changes: since when it holds.
+                "state_since": record.updated_at.replace(tzinfo=None, microsecond=0) if record else None,
                 "last_updated": _utc(event.timestamp) if event else None,
                 "age_hours": round((now - event.timestamp) / 3600, 2) if event else None,
             }
         )
-    return pd.DataFrame(rows, columns=["asset", "slo", "state", "evaluated_at", "last_updated", "age_hours"])
+    return pd.DataFrame(rows, columns=["asset", "slo", "state", "state_since", "last_updated", "age_hours"])
 
 
 def _check_history(instance: dg.DagsterInstance, key: dg.AssetCheckKey, since: float) -> tuple[int, int]:
