@@ -190,6 +190,11 @@ class GateReport:
         note = f"\n({more} more sample rows in the failing_rows_sample metadata)" if more > 0 else ""
         return markdown(shown) + note
 
+    def with_sample(self, message: str) -> str:
+        """``message`` followed by the first offending rows, when there are any."""
+        sample = self.sample_text()
+        return f"{message}\n{sample}" if sample else message
+
 
 # ---------------------------------------------------------------------------------------------
 # Typing text before validation (vectorised).
@@ -516,8 +521,7 @@ def build_gate_check(
         if report.passed:
             context.log.info(f"Gate {asset.to_user_string()}:{name} passed: {report.summary()}")
         else:
-            sample = report.sample_text()
-            context.log.error(f"Gate {asset.to_user_string()}:{name} FAILED: {report.summary()}" + (f"\n{sample}" if sample else ""))
+            context.log.error(report.with_sample(f"Gate {asset.to_user_string()}:{name} FAILED: {report.summary()}"))
         return check_result(report)
 
     return _gate
@@ -571,9 +575,6 @@ def gated_publish(
     gate = check_result(report, asset_key=asset_key, check_name=OUTPUT_CONTRACT)
     if not gate.passed:
         yield gate
-        sample = report.sample_text()
-        raise GateFailedError(
-            f"Gate {table}:{OUTPUT_CONTRACT} FAILED, {table} not published: {gate.description}" + (f"\n{sample}" if sample else "")
-        )
+        raise GateFailedError(report.with_sample(f"Gate {table}:{OUTPUT_CONTRACT} FAILED, {table} not published: {gate.description}"))
     replace_with_frame(conn, table, df)
     yield dg.MaterializeResult(asset_key=asset_key, metadata={"dagster/row_count": len(df), **metadata}, check_results=[gate])

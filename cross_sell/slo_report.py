@@ -75,7 +75,6 @@ def freshness_slis(instance: dg.DagsterInstance, now: float) -> pd.DataFrame:
                 "asset": key.to_user_string(),
                 "slo": slo.slo_for_asset(key.to_user_string()).name,
                 "state": record.freshness_state.value if record else "UNKNOWN",
-                # The daemon checks every 30 s but records a state only when it changes: since when it holds.
                 "state_since": record.updated_at.replace(tzinfo=None, microsecond=0) if record else None,
                 "last_updated": _utc(event.timestamp) if event else None,
                 "age_hours": round((now - event.timestamp) / 3600, 2) if event else None,
