@@ -93,9 +93,18 @@ def current_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     return row[0] if row else None
 
 
+PUBLISHED_INPUTS = "published_inputs"
+"""Stands in :func:`basis` for the published inputs as a whole: a verdict reached against the
+published customers and products (an incremental load's references) holds until the next publish."""
+
+
 def basis(conn: duckdb.DuckDBPyConnection, datasets: Sequence[str]) -> str:
-    """The current loads of ``datasets``, as recorded with a verdict that depends on them."""
-    return ",".join(f"{d}={current_load(conn, d)}" for d in sorted(datasets))
+    """The current loads of ``datasets`` (or the current publish, for :data:`PUBLISHED_INPUTS`),
+    as recorded with a verdict that depends on them."""
+    def state(dataset: str) -> str | None:
+        return current_publish(conn) if dataset == PUBLISHED_INPUTS else current_load(conn, dataset)
+
+    return ",".join(f"{d}={state(d)}" for d in sorted(datasets))
 
 
 def record_gate(
@@ -107,7 +116,8 @@ def record_gate(
     run_id: str,
     depends_on: Sequence[str] = (),
 ) -> None:
-    """Record a gate's verdict against the dataset's current load (and those it depends on)."""
+    """Record a gate's verdict against the dataset's current load (and the loads, or the publish,
+    it depends on)."""
     ensure_tables(conn)
     conn.execute(
         f"insert into {AUDIT_SCHEMA}.gate_log (dataset, load_id, gate, passed, failing, evaluated_at, run_id, basis) "
@@ -118,7 +128,7 @@ def record_gate(
 
 def gates_not_passed(conn: duckdb.DuckDBPyConnection, dataset: str, required: list[str]) -> list[str]:
     """Required gates whose latest verdict on the current load is missing, failed, or was reached
-    against loads of other datasets that have since been replaced."""
+    against loads of other datasets (or published inputs) that have since been replaced."""
     load_id = current_load(conn, dataset)
     if load_id is None:
         return list(required)

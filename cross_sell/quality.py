@@ -474,9 +474,9 @@ def build_gate_check(
     table: str | None = None,
     load_sql: str | None = None,
     additional_deps: Sequence[dg.AssetKey] = (),
-    extra_failures_sql: str | None = None,
+    extra_failures_sql: str | Callable[[duckdb.DuckDBPyConnection], str] | None = None,
     require_rows: bool = True,
-    depends_on: Sequence[str] = (),
+    depends_on: Sequence[str] | Callable[[duckdb.DuckDBPyConnection], Sequence[str]] = (),
 ) -> dg.AssetChecksDefinition:
     """Turn a pandera contract into a blocking, ERROR-severity asset check on a warehouse table.
 
@@ -487,7 +487,9 @@ def build_gate_check(
     tables, such as referential integrity). ``extra_failures_sql`` may add findings in pandera's
     failure-case shape (e.g. unparseable lines). The verdict is recorded in ``audit.gate_log``
     against the dataset's current load and the current loads of the datasets in ``depends_on``,
-    so publishing can tell whether it still holds.
+    so publishing can tell whether it still holds. ``extra_failures_sql`` and ``depends_on`` may
+    also be functions of the warehouse, for rules whose lookups depend on the current load (an
+    incremental load's references are checked against the published inputs).
     """
     if (table is None) == (load_sql is None):
         raise ValueError("build_gate_check needs exactly one of table= or load_sql=")
@@ -508,14 +510,14 @@ def build_gate_check(
                 # Extra rules read the contract's columns: where one is missing, the contract reports
                 # it (schema:column_present) instead of the rules failing on a binder error.
                 if extra_failures_sql and (table is None or _has_columns(conn, table, _as_schema(resolved))):
-                    extra = conn.execute(extra_failures_sql).df()
+                    sql = extra_failures_sql if isinstance(extra_failures_sql, str) else extra_failures_sql(conn)
+                    extra = conn.execute(sql).df()
                 if table is not None:
                     report = validate_table(conn, table, resolved, extra, require_rows=require_rows)
                 else:
                     report = validate_frame(resolved, conn.execute(load_sql).df(), extra, require_rows=require_rows)
-                audit_log.record_gate(
-                    conn, dataset, name, report.passed, report.failing_count, context.run.run_id, depends_on=depends_on
-                )
+                seen = depends_on(conn) if callable(depends_on) else depends_on
+                audit_log.record_gate(conn, dataset, name, report.passed, report.failing_count, context.run.run_id, depends_on=seen)
         except Exception as exc:  # always return a result: no result would mean no block
             report = GateReport(contract=f"{dataset}.{name}", rows_checked=0, error=f"{type(exc).__name__}: {exc}")
         if report.passed:

@@ -109,6 +109,63 @@ def test_a_delta_that_fails_a_gate_publishes_nothing(history_and_new_day, tmp_pa
     pd.testing.assert_frame_equal(read_table(warehouse, "purchases", order_by="purchase_id"), published)
 
 
+def test_a_customer_load_that_failed_its_gate_does_not_hold_back_increments(history_and_new_day, tmp_path: Path) -> None:
+    """An increment is checked against, and joins, the published customers and products: a later
+    customer load that failed its own gate neither rejects it nor lends it customers."""
+    history, landing, new_day = history_and_new_day
+    warehouse = tmp_path / "w.duckdb"
+    assert _run(history, landing, warehouse, "group:ingest").success
+    customers = read_table(warehouse, "customers", order_by="customer_id")
+    purchases = read_table(warehouse, "purchases", order_by="purchase_id")
+
+    broken = tmp_path / "broken"
+    shutil.copytree(history, broken)
+    [customer_file] = broken.glob("customer*.parquet")
+    listed = pd.read_parquet(customer_file)
+    late = listed.iloc[[0]].assign(customer_id="late_customer")
+    pd.concat([listed, listed.iloc[[0]], late]).to_parquet(customer_file, index=False)  # a duplicate key
+    failed = _run(broken, landing, warehouse, "group:ingest")
+    assert not failed.success
+    [contract] = [e for e in failed.get_asset_check_evaluations()
+                  if e.asset_key == dg.AssetKey(["audit", "customers"]) and e.check_name == "contract"]
+    assert not contract.passed
+    pd.testing.assert_frame_equal(read_table(warehouse, "customers", order_by="customer_id"), customers)
+
+    increment = _run(broken, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    assert increment.success
+    assert len(read_table(warehouse, "purchases")) == len(purchases) + len(new_day)
+    pd.testing.assert_frame_equal(read_table(warehouse, "customers", order_by="customer_id"), customers)
+
+    # A customer known only to the failed load is not published, so lines naming them are refused.
+    new_day.assign(purchase_id=new_day["purchase_id"] + "_late", customer_id="late_customer").to_parquet(
+        landing / "new_day.parquet", index=False
+    )
+    refused = _run(broken, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    assert not refused.success
+    [gate] = [e for e in refused.get_asset_check_evaluations() if e.check_name == "referential_integrity"]
+    assert not gate.passed and gate.metadata["failing_count"].value == len(new_day)
+    assert len(read_table(warehouse, "purchases")) == len(purchases) + len(new_day)
+
+
+def test_an_increment_publishes_the_purchases_alone(history_and_new_day, tmp_path: Path) -> None:
+    history, landing, _ = history_and_new_day
+    warehouse = tmp_path / "w.duckdb"
+    assert _run(history, landing, warehouse, "group:ingest").success
+    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), *map(dg.AssetKey, ["customers", "products", "purchases"])], DELTA_CONFIG)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "select purchases alone" in failure.step_failure_data.user_failure_data.description
+
+
+def test_an_increment_before_any_publish_is_refused_with_a_reason(history_and_new_day, tmp_path: Path) -> None:
+    history, landing, _ = history_and_new_day
+    warehouse = tmp_path / "w.duckdb"
+    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    assert not result.success
+    [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == "referential_integrity"]
+    assert not gate.passed and "run a full load first" in gate.description
+
+
 def test_a_full_load_cannot_be_published_in_part(history_and_new_day, tmp_path: Path) -> None:
     history, landing, _ = history_and_new_day
     warehouse = tmp_path / "w.duckdb"

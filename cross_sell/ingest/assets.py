@@ -19,13 +19,14 @@ from duckdb import Error as DuckDBError
 
 from cross_sell import audit_log, contracts, landing_files
 from cross_sell.ingest import publication
-from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql
+from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql, published_capabilities
 from cross_sell.ingest.landing import InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
 from cross_sell.ingest.source import SourceLayoutError, source_table
 from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
 from cross_sell.resources import InputFiles
 from cross_sell.warehouse import (
-    AUDIT_SCHEMA, connect, markdown, quoted, replace_table, row_count, table_columns, transaction, uri,
+    AUDIT_SCHEMA, PUBLISHED_SCHEMA, connect, markdown, quoted, replace_table, row_count, table_columns, table_exists,
+    transaction, uri,
 )
 
 OWNER = "team:data-platform"
@@ -195,20 +196,45 @@ PURCHASE_REFERENCES = pa.DataFrameSchema(
 )
 
 
-def missing_references_sql(sample_per_rule: int = 20) -> str:
-    """Referential integrity in the warehouse: purchases whose customer or product is not in the
-    customer or product input of the same load, as pandera-shaped failure cases (check
-    ``exists_in_customer`` / ``exists_in_product``, the id, the purchase's rowid) with each rule's
-    total in ``count`` and at most ``sample_per_rule`` listed. One hash anti-join per reference."""
-    lookups = [
-        ("exists_in_customer", "customer_id", f"{AUDIT_SCHEMA}.customers"),
-        ("exists_in_product", "product_id", f"{AUDIT_SCHEMA}.products"),
-    ]
+def is_delta_load(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the current purchase load is an incremental (delta) load."""
+    return audit_log.current_mode(conn, PURCHASES.table) == audit_log.DELTA
+
+
+def reference_tables(conn: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Where the purchases' customers and products are looked up (qualified tables by id column).
+
+    A full load publishes all three inputs together, so its purchases must name customers and
+    products of the same load (``audit``). An incremental load publishes its purchases only, into
+    the published history, so they must name published customers and products (``main``): the
+    current customer or product load may be one that failed its own gate and will never publish,
+    and it must not reject (or admit) the increment."""
+    delta = is_delta_load(conn)
+    if delta and not (table_exists(conn, CUSTOMERS.table) and table_exists(conn, PRODUCTS.table)):
+        raise ValueError("an incremental (delta) load adds to published inputs, and none are published yet: run a full load first")
+    schema = PUBLISHED_SCHEMA if delta else AUDIT_SCHEMA
+    return {"customer_id": f"{schema}.{CUSTOMERS.table}", "product_id": f"{schema}.{PRODUCTS.table}"}
+
+
+def reference_basis(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """What a references verdict was reached against (see :func:`reference_tables`): the current
+    customer and product loads, or, for an incremental load, the current publish."""
+    return [audit_log.PUBLISHED_INPUTS] if is_delta_load(conn) else [CUSTOMERS.table, PRODUCTS.table]
+
+
+def missing_references_sql(conn: duckdb.DuckDBPyConnection, sample_per_rule: int = 20) -> str:
+    """Referential integrity in the warehouse: purchases whose customer or product is not among
+    the customers or products they are checked against (:func:`reference_tables`), as
+    pandera-shaped failure cases (check ``exists_in_customer`` / ``exists_in_product``, the id, the
+    purchase's rowid) with each rule's total in ``count`` and at most ``sample_per_rule`` listed.
+    One hash anti-join per reference."""
+    tables = reference_tables(conn)
+    checks = {"customer_id": "exists_in_customer", "product_id": "exists_in_product"}
     missing = " union all ".join(
-        f"select '{check}' as check, '{column}' as column, p.{column} as failure_case, p.rowid as index "
+        f"select '{checks[column]}' as check, '{column}' as column, p.{column} as failure_case, p.rowid as index "
         f"from {AUDIT_SCHEMA}.purchases p "
         f"where p.{column} is not null and not exists (select 1 from {table} t where t.{column} = p.{column})"
-        for check, column, table in lookups
+        for column, table in tables.items()
     )
     return (
         f'select "check", "column", failure_case, "index", count(*) over (partition by "check") as count from ({missing}) '
@@ -222,11 +248,14 @@ references_gate = build_gate_check(
     dataset=PURCHASES.table,
     contract=PURCHASE_REFERENCES,
     table=f"{AUDIT_SCHEMA}.purchases",
-    extra_failures_sql=missing_references_sql(),
+    extra_failures_sql=missing_references_sql,
     additional_deps=[CUSTOMERS.audit_key, PRODUCTS.audit_key],
-    depends_on=[CUSTOMERS.table, PRODUCTS.table],
+    depends_on=reference_basis,
     require_rows=False,  # an empty purchase input is the contract gate's finding, not a broken reference
-    description="Blocking gate: every purchase names a customer and a product that exist in the same load.",
+    description=(
+        "Blocking gate: every purchase names a customer and a product that exist in the same load "
+        "(an incremental load: among the published customers and products)."
+    ),
 )
 
 
@@ -359,10 +388,27 @@ def upsert_purchases(conn: duckdb.DuckDBPyConnection) -> int:
 )
 def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> Iterator[dg.MaterializeResult]:
     """Publish the audited inputs together, in one transaction, if and only if all their gates
-    passed. A delta load of purchases (an incremental run) is upserted instead, on its own."""
+    passed. A delta load of purchases (an incremental run) is upserted instead, on its own: it
+    needs only the purchase gates (its references were checked against the published customers
+    and products), so a customer or product load that failed its gate does not hold it back."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
     with connect(duckdb) as conn:
-        missing = {ds.table: audit_log.gates_not_passed(conn, ds.table, ds.gates) for ds in DATASETS}
+        delta = is_delta_load(conn)
+        if delta and selected != {PURCHASES.table}:
+            raise dg.Failure(
+                description="The current purchase load is incremental (delta): it is upserted into the published "
+                f"purchases on its own; select purchases alone (selected: {', '.join(sorted(selected))}), "
+                "or land all three inputs again for a full load",
+                metadata={"rule": "publish_delta_alone"},
+            )
+        if not delta and selected != {ds.table for ds in DATASETS}:
+            raise dg.Failure(
+                description="A full load publishes customers, products and purchases together, in one transaction; "
+                f"select all three (selected: {', '.join(sorted(selected))})",
+                metadata={"rule": "publish_together"},
+            )
+        to_publish = [PURCHASES] if delta else list(DATASETS)
+        missing = {ds.table: audit_log.gates_not_passed(conn, ds.table, ds.gates) for ds in to_publish}
         missing = {table: gates for table, gates in missing.items() if gates}
         if missing:
             raise dg.Failure(
@@ -370,22 +416,17 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
                 + "; ".join(f"{t}: {', '.join(g)}" for t, g in missing.items()),
                 metadata={"gates_not_passed": dg.MetadataValue.json(missing)},
             )
-        formats = {ds.table: audit_log.current_format(conn, ds.table) for ds in DATASETS}
+        formats = {ds.table: audit_log.current_format(conn, ds.table) for ds in to_publish}
+        if delta:  # the increment joins the published inputs, so it must be in their format
+            formats["published"] = published_capabilities(conn)[0]
         if len(set(formats.values())) > 1:
             raise dg.Failure(
-                description="Refusing to publish: the current audit loads were read in different input formats: "
+                description="Refusing to publish: the loads were read in different input formats: "
                 + ", ".join(f"{t}: {f}" for t, f in formats.items()) + ". Land all three again in one format.",
                 metadata={"input_formats": dg.MetadataValue.json(formats)},
             )
         input_format = formats[PURCHASES.table]
-        delta = audit_log.current_mode(conn, PURCHASES.table) == audit_log.DELTA
-        if not delta and selected != {ds.table for ds in DATASETS}:
-            raise dg.Failure(
-                description="A full load publishes customers, products and purchases together, in one transaction; "
-                f"select all three (selected: {', '.join(sorted(selected))})",
-                metadata={"rule": "publish_together"},
-            )
-        full = [ds for ds in DATASETS if ds.table in selected and not (delta and ds is PURCHASES)]
+        full = [] if delta else list(DATASETS)
         extra: dict[str, dict] = {ds.table: {"load_mode": audit_log.FULL} for ds in full}
         with transaction(conn):  # everything this step publishes, or nothing
             published = {
@@ -395,7 +436,7 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
             for table, (_, how) in published.items():
                 extra[table]["published"] = how
             replace_table(conn, FORMAT_TABLE, publish_format_sql(input_format))
-            if delta and PURCHASES.table in selected:
+            if delta:
                 replaced = upsert_purchases(conn)
                 counts[PURCHASES.table] = row_count(conn, PURCHASES.table)
                 extra[PURCHASES.table] = {"load_mode": audit_log.DELTA, "replaced_rows": replaced,
