@@ -9,17 +9,15 @@ ERROR-severity asset check; its name is written as ``<asset>:<check>``, e.g.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 
-from cross_sell.warehouse import AUDIT_SCHEMA
+from cross_sell.warehouse import AUDIT_SCHEMA, open_warehouse
 
 ALERTS_TABLE = "run_alerts"
 MAX_MESSAGE = 2000
@@ -100,19 +98,7 @@ def describe_failure(
 def connect_within(database: str, seconds: float = 40.0) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection, waiting at most ``seconds`` for another writer to let go (a sensor
     tick must finish well inside its 60 s budget; a failed tick is simply retried)."""
-    if database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + seconds
-    delay = 0.1
-    while True:
-        try:
-            conn = duckdb.connect(database)
-            break
-        except duckdb.IOException:
-            if time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+    conn = open_warehouse(database, seconds)
     try:
         yield conn
     finally:

@@ -14,6 +14,8 @@ DUCKDB_PATH_ENV = "CROSS_SELL_DUCKDB_PATH"
 INPUT_FORMAT_ENV = "CROSS_SELL_INPUT_FORMAT"
 LANDING_DIR_ENV = "CROSS_SELL_LANDING_DIR"
 PRODUCT_LEVEL_ENV = "CROSS_SELL_PRODUCT_LEVEL"
+LOCK_WAIT_ENV = "CROSS_SELL_LOCK_WAIT_SECONDS"
+DEFAULT_LOCK_WAIT_SECONDS = 120.0
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -67,3 +69,18 @@ def product_level() -> bool | None:
     if value in FALSE_WORDS:
         return False
     raise ValueError(f"${PRODUCT_LEVEL_ENV} is {value!r}: use true or false")
+
+
+def lock_wait_seconds() -> float:
+    """How long a step waits for another process to let go of the warehouse file before it fails:
+    ``$CROSS_SELL_LOCK_WAIT_SECONDS`` or 120 s (long enough for another run's step to finish)."""
+    value = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    if not value:
+        return DEFAULT_LOCK_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ValueError(f"${LOCK_WAIT_ENV} is {value!r}: use a number of seconds, 0 or more")
+    return seconds

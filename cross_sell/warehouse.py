@@ -17,7 +17,9 @@ process leaves the previous tables exactly as they were.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,20 +30,75 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from cross_sell import settings
+
 AUDIT_SCHEMA = "audit"
 PUBLISHED_SCHEMA = "main"
 
 
+class WarehouseLockedError(RuntimeError):
+    """Another process kept the warehouse file's lock for longer than we waited."""
+
+    def __init__(self, database: str, waited: float, cause: str):
+        holder = _LOCK_HOLDER.search(cause)
+        self.database = database
+        self.program = holder["program"] if holder else "unknown program"
+        self.pid = int(holder["pid"]) if holder else None
+        who = f"{self.program}, PID {self.pid}" if self.pid is not None else self.program
+        super().__init__(
+            f"The warehouse {database} is locked by another process ({who}), still after {waited:.0f} s. "
+            "DuckDB lets one process at a time write a database file, and any connection another process "
+            "holds open on it, even a read-only one, blocks every write. Close that connection (a DuckDB "
+            "shell, a notebook, a BI tool) and run again; tools that stay connected should read the "
+            "marketing database or the Parquet exports."
+        )
+
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def open_warehouse(
+    database: str, wait_seconds: float, config: Mapping[str, object] | None = None
+) -> duckdb.DuckDBPyConnection:
+    """A read-write connection to ``database``, waiting up to ``wait_seconds`` (backing off) while
+    another process holds the file's lock; then :class:`WarehouseLockedError`, naming the holder.
+    Any other error (a file that is not a database, no permission) is raised at once: waiting
+    cannot cure it."""
+    if database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    delay = 0.1
+    while True:
+        try:
+            return duckdb.connect(database, config=dict(config or {}))
+        except duckdb.IOException as exc:
+            if "Could not set lock" not in str(exc):
+                raise
+            waited = time.monotonic() - started
+            if waited + delay > wait_seconds:
+                raise WarehouseLockedError(database, waited, str(exc)) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @contextmanager
 def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection from the resource (with its lock back-off) that is closed even on error."""
-    if resource.database != ":memory:":
-        Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
-    with resource.get_connection() as conn:
-        try:
-            yield conn
-        finally:
-            conn.close()
+    """A connection to the resource's warehouse that is closed even on error. While another
+    process holds the file (another run's step, someone's open connection) it waits up to
+    ``$CROSS_SELL_LOCK_WAIT_SECONDS`` (:func:`cross_sell.settings.lock_wait_seconds`), then fails
+    with a message saying who holds it and what to do."""
+    try:
+        conn = open_warehouse(resource.database, settings.lock_wait_seconds(), resource.connection_config)
+    except WarehouseLockedError as exc:
+        raise dg.Failure(
+            description=str(exc),
+            metadata={"rule": "warehouse_unlocked", "warehouse": exc.database, "held_by": exc.program,
+                      "held_by_pid": exc.pid if exc.pid is not None else -1},
+        ) from exc
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,3 +141,51 @@ def test_sigkill_while_publishing_leaves_published_tables_as_before(tmp_path: Pa
     assert result.success
     for table in ("customers", "products", "purchases"):
         pd.testing.assert_frame_equal(read_table(warehouse, table, "all"), before[table], obj=table)
+
+
+HOLD_OPEN = """
+import sys, time, duckdb
+conn = duckdb.connect(sys.argv[1], read_only=True)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_connection_held_open_elsewhere_fails_the_run_naming_its_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An analyst's read-only session left open on the warehouse blocks every write: the run waits
+    ``$CROSS_SELL_LOCK_WAIT_SECONDS``, then fails saying which process holds the file and what to
+    do, and loses nothing; once the session is closed the same run goes through."""
+    warehouse = tmp_path / "warehouse" / "cross_sell.duckdb"
+    data = write_tiny_dataset(tmp_path / "tiny")
+    _materialize_in_process(data, warehouse)
+    before = published_tables(warehouse)
+
+    monkeypatch.setenv("CROSS_SELL_LOCK_WAIT_SECONDS", "1")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(warehouse)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        started = time.monotonic()
+        result = dg.materialize([*ASSETS, *CHECKS], selection=INGEST, resources=make_resources(data, warehouse),
+                                raise_on_error=False)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+    assert not result.success
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert failures
+    for failure in failures:
+        data_ = failure.step_failure_data.user_failure_data
+        assert "is locked by another process" in data_.description and f"PID {holder.pid}" in data_.description
+        assert "Close that connection" in data_.description
+        assert data_.metadata["rule"].value == "warehouse_unlocked"
+    assert took < 60, f"the run took {took:.0f} s to give up"  # the configured wait, not dagster-duckdb's 100 s per step
+    after = published_tables(warehouse)
+    for table in PUBLISHED:
+        pd.testing.assert_frame_equal(after[table], before[table], obj=table)
+
+    assert dg.materialize([*ASSETS, *CHECKS], selection=INGEST, resources=make_resources(data, warehouse),
+                          raise_on_error=False).success
