@@ -598,7 +598,7 @@ def test_manifest_describes_the_product(tiny: Served) -> None:
     index = ex.read_index(tiny.exports)
     assert [(f["file"], f["sha256"]) for f in manifest["outputs"]["files"]] == [(f["file"], f["sha256"]) for f in index["files"]]
     assert manifest["data_fingerprint"] == ex.data_fingerprint(index)
-    assert {p["name"] for p in manifest["ports"]} == {"sql-analyst", "sql-marketing", "files"}
+    assert {p["name"] for p in manifest["ports"]} == {"sql-analyst", "sql-marketing", "files", "http"}
     assert set(manifest["roles"]) == {"analyst", "marketing"}
     # SLOs come from the SLO table; the policies are those the deployed assets carry.
     assert [o["name"] for o in manifest["slos"]["objectives"]] == [s.name for s in slo.SLOS]

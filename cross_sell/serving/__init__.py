@@ -8,5 +8,7 @@
 * :mod:`~cross_sell.serving.exports`: Parquet files of the consumer outputs, replaced atomically
   and listed in an index with row counts and checksums;
 * :mod:`~cross_sell.serving.manifest`: the data product manifest (who, what, where, SLOs, quality);
+* :mod:`~cross_sell.serving.api`: the semantic views as read-only JSON over HTTP, one role per
+  process (``python -m cross_sell.serving.api``);
 * :mod:`~cross_sell.serving.assets`: the thin Dagster wiring (group ``serving``).
 """

@@ -4,7 +4,8 @@ Resolved when called, never at import time. Everything the product serves sits b
 warehouse file by default (``data/warehouse/`` for the default warehouse):
 
 * ``cross_sell_marketing.duckdb``: the masked database of the marketing role;
-* ``exports/``: Parquet files, their index, the manifest and the semantic model reference page.
+* ``exports/``: Parquet files, their index, the manifest (``data_product.yaml``) and the semantic
+  model reference page.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ EXPORT_DIR_ENV = "CROSS_SELL_EXPORT_DIR"
 MARKETING_DB_ENV = "CROSS_SELL_MARKETING_DUCKDB_PATH"
 MARKETING_DB_NAME = "cross_sell_marketing.duckdb"
 EXPORT_DIR_NAME = "exports"
+MANIFEST_NAME = "data_product.yaml"  # in the export folder
 
 
 def _warehouse_file(warehouse: str | os.PathLike[str]) -> Path:

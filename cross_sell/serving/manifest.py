@@ -32,11 +32,12 @@ import duckdb
 import yaml
 
 from cross_sell import __version__
+from cross_sell.serving import api, locations
 from cross_sell.serving import exports as exports_module
 from cross_sell.serving.roles import ROLES, marketing_columns
 from cross_sell.serving.semantic import MODEL, SemanticModel
 
-MANIFEST_NAME = "data_product.yaml"
+MANIFEST_NAME = locations.MANIFEST_NAME
 REFERENCE_NAME = "semantic_model.md"
 INPUT_GROUP = "ingest"
 SERVING_GROUP = "serving"
@@ -395,6 +396,14 @@ def build_manifest(
                     "roles": ["marketing"],
                 },
                 {"name": "files", "protocol": "parquet", "uri": str(export_dir), "index": exports_module.INDEX_NAME, "roles": ["analyst", "marketing"]},
+                {
+                    "name": "http",
+                    "protocol": "http",
+                    "uri": f"http://127.0.0.1:{api.DEFAULT_PORT}/",
+                    "start": f"python -m {api.__name__} --role <role>",
+                    "endpoints": list(api.ENDPOINTS),
+                    "roles": ["marketing", "analyst"],
+                },
             ],
             "roles": {r.name: r.description for r in ROLES.values()},
             "slos": slos,
