@@ -190,6 +190,8 @@ def test_the_marketing_api_serves_no_personal_data(marketing: Server, warehouse:
         ("/views/nope", 404, "no view 'nope'"),
         ("/views/total_spend?spend=1", 400, "has no column 'spend'"),
         ("/views/total_spend?limit=-1", 400, "limit must be a whole number"),
+        ("/views/total_spend?limit=0", 400, "limit must be a whole number, 1 to"),
+        ("/views/total_spend?offset=x", 400, "offset must be a whole number, 0 or more"),
         (f"/views/total_spend?limit={MAX_LIMIT + 1}", 400, "limit must be a whole number"),
         ("/views/total_spend?min_total_spend=lots", 400, "does not fit its column"),
         ("/views/customer?min_country=A", 400, "not a number or a date"),

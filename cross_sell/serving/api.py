@@ -152,16 +152,16 @@ def _single(query: Mapping[str, list[str]], name: str) -> str | None:
     return values[0]
 
 
-def _count(query: Mapping[str, list[str]], name: str, default: int, largest: int | None = None) -> int:
+def _count(query: Mapping[str, list[str]], name: str, default: int, smallest: int = 0, largest: int | None = None) -> int:
     text = _single(query, name)
     if text is None:
         return default
     try:
         value = int(text)
     except ValueError:
-        value = -1
-    if value < 0 or (largest is not None and value > largest):
-        bound = f"0 to {largest:,}" if largest is not None else "0 or more"
+        value = smallest - 1
+    if value < smallest or (largest is not None and value > largest):
+        bound = f"{smallest} to {largest:,}" if largest is not None else f"{smallest} or more"
         raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number, {bound}; got {text!r}")
     return value
 
@@ -200,7 +200,7 @@ def rows_sql(
             raise ApiError(HTTPStatus.BAD_REQUEST, f"order_by: {view.name} has no column {column!r}", columns=list(types))
         ordering.append(f"{_quoted(column)} {'desc' if order.startswith('-') else 'asc'} nulls last")
     ordering += [_quoted(c) for c in keys if not order or c != order.lstrip("-")]
-    limit = _count(query, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+    limit = _count(query, "limit", DEFAULT_LIMIT, smallest=1, largest=MAX_LIMIT)
     offset = _count(query, "offset", 0)
     sql = f"select * from {_quoted(schema)}.{_quoted(view.name)}"
     if where:
