@@ -45,6 +45,7 @@ def summarize(database: Path) -> str:
         + str(database)
         + "', read_only=True).sql('select * from cross_sell_recommendations limit 10'))\""
     )
+    lines.append("Serve it over HTTP (masked, for the marketing role): python -m cross_sell.serving.api")
     return "\n".join(lines)
 
 

@@ -112,7 +112,8 @@ class Api:
                 raise
             raise ApiError(
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"the {self.role.name} database is being written by a refresh; retry in a few seconds",
+                f"the {self.role.name} database is locked by a process writing it (a refresh step, most likely); "
+                "retry in a few seconds",
                 retry_after=RETRY_AFTER_SECONDS,
             ) from exc
 
