@@ -4,6 +4,8 @@ warehouse the whole graph built, asked over HTTP the way a CRM or a campaign too
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -18,7 +20,7 @@ import pytest
 
 from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell.serving import roles
-from cross_sell.serving.api import MAX_LIMIT
+from cross_sell.serving.api import MAX_LIMIT, Api
 from cross_sell.serving.semantic import MODEL
 from cross_sell_tests.conftest import PROJECT_ROOT, make_resources
 
@@ -35,9 +37,10 @@ class Server:
     url: str
     process: subprocess.Popen
 
-    def get(self, path: str) -> Reply:
+    def get(self, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Reply:
+        request = urllib.request.Request(self.url + path, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60) as response:
                 return Reply(response.status, json.load(response), dict(response.headers))
         except urllib.error.HTTPError as error:
             return Reply(error.code, json.load(error), dict(error.headers))
@@ -197,11 +200,57 @@ def test_the_marketing_api_serves_no_personal_data(marketing: Server, warehouse:
         ("/views/customer?min_country=A", 400, "not a number or a date"),
         ("/views/total_spend?order_by=-nothing", 400, "order_by"),
         ("/nowhere", 404, "no endpoint"),
+        ("/views/total_spend?orders=", 400, "orders: give a value"),
+        ("/views/total_spend?order_by=--total_spend", 400, "order_by"),
+        ("/views/total_spend?limit=1_0", 400, "limit must be a whole number"),
+        ("/health?verbose=1", 400, "takes no parameters"),
+        ("/views/total_spend?data_version=1", 409, "the data changed since this listing began"),
     ],
 )
 def test_a_bad_request_is_refused_with_a_reason(marketing: Server, path: str, status: int, says: str) -> None:
     reply = marketing.get(path)
     assert reply.status == status and says in reply.body["error"]
+
+
+def test_integer_filters_compare_as_numbers_not_rounded(marketing: Server) -> None:
+    assert marketing.get("/views/total_spend?orders=2.5").body["rows"] == []
+    bounded = marketing.get(f"/views/total_spend?max_orders=1.5&limit={MAX_LIMIT}").body["rows"]
+    assert bounded and all(row["orders"] <= 1 for row in bounded)
+
+
+def test_it_is_read_only_and_answers_only_this_machine(marketing: Server) -> None:
+    for method in ("POST", "PUT", "DELETE"):
+        refused = marketing.get("/views/total_spend", method=method)
+        assert refused.status == 405 and refused.headers["Allow"] == "GET, HEAD" and "read-only" in refused.body["error"]
+    # A web page that rebinds its own name to 127.0.0.1 sends its own name as Host: refused.
+    rebound = marketing.get("/customers/C0000001", headers={"Host": "attacker.example"})
+    assert rebound.status == 403 and "addressed to this machine" in rebound.body["error"]
+    assert marketing.get("/health", headers={"Host": "localhost:1"}).status == 200
+
+
+def test_a_connection_never_reads_a_replaced_file(warehouse: Path, tmp_path: Path) -> None:
+    """DuckDB hands a second connect() of an open file the database already open; the API attaches
+    instead, so a request made while another is still reading sees the file a refresh swapped in."""
+    folder = tmp_path / "w"
+    folder.mkdir()
+    for name in ("cross_sell.duckdb", "cross_sell_marketing.duckdb"):
+        shutil.copy(warehouse.parent / name, folder / name)
+    api = Api(roles.role(roles.MARKETING), folder / "cross_sell.duckdb")
+    busy = api.connect()  # a request still reading
+    try:
+        changed = tmp_path / "changed.duckdb"
+        shutil.copy(api.database, changed)
+        with duckdb.connect(str(changed)) as conn:
+            conn.execute("update total_spend set total_spend = -1 where customer_id = 'C0000001'")
+        os.replace(changed, api.database)  # what a refresh does
+        fresh = api.connect()
+        try:
+            [(spend,)] = fresh.execute("select total_spend from total_spend where customer_id = 'C0000001'").fetchall()
+        finally:
+            fresh.close()
+    finally:
+        busy.close()
+    assert spend == -1
 
 
 def test_before_the_first_build_the_api_says_what_to_do(tmp_path: Path) -> None:
@@ -223,10 +272,14 @@ def test_serving_never_holds_up_a_refresh(tmp_path: Path, generated_data: Path) 
     marketing_api, analyst_api = _start(path, roles.MARKETING), _start(path, roles.ANALYST)
     try:
         before = marketing_api.get("/health").body["database_modified_at"]
-        assert marketing_api.get("/views/cross_sell_opportunities?limit=5").status == 200
+        first = marketing_api.get("/views/cross_sell_opportunities?limit=5")
+        assert first.status == 200 and first.body["next"]
         serving = dg.AssetSelection.groups("serving")
         assert dg.materialize([*ASSETS, *CHECKS], selection=serving, resources=resources, raise_on_error=False).success
         assert marketing_api.get("/health").body["database_modified_at"] >= before
+        # The listing begun before the refresh cannot go on over other data; a new one starts.
+        stale = marketing_api.get(first.body["next"])
+        assert stale.status == 409 and stale.body["data_version"] != first.body["data_version"]
         assert marketing_api.get("/views/cross_sell_opportunities?limit=5").status == 200
 
         writer = duckdb.connect(str(path))  # a refresh step holding the warehouse

@@ -18,19 +18,27 @@ added to the spec is served without code here:
   cross-sell score on one page, what a CRM or a campaign tool asks for);
 * ``GET /manifest``: the data product manifest.
 
-Each request opens its own read-only connection and closes it: the marketing database is
+Each request opens its own read-only connection (:func:`cross_sell.serving.roles.connect`, which
+attaches the file, so it never reuses a database another request still has open: that one may be
+a marketing file a refresh has since replaced) and closes it. The marketing database is
 replaced by an atomic rename on every refresh, so the next request sees the new one and no
 request ever holds a refresh up. The warehouse (``analyst``) is locked while a refresh step writes
-it; a request then gets 503 with ``Retry-After``. Every value from the URL is a bound parameter,
-and only the spec's views and the role's own columns can be named.
+it; a request then gets 503 with ``Retry-After``. Every page names the version of the data it was
+read from (``data_version``, the file's modification time); ``next`` carries it, and a page asked
+for after the data changed gets 409 instead of rows that might repeat or skip. Every value from the
+URL is a bound parameter, and only the spec's views and the role's own columns can be named. A
+server bound to a loopback address answers only requests addressed to a loopback name, so a web
+page cannot reach it through DNS rebinding.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +61,11 @@ MAX_LIMIT = 10_000
 RETRY_AFTER_SECONDS = 5
 NUMBER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE")
 RANGE_TYPES = (*NUMBER_TYPES, "DATE", "TIMESTAMP")
-PAGING = ("order_by", "limit", "offset")
+PAGING = ("order_by", "limit", "offset", "data_version")
+MAX_OFFSET = 2**62
+INTEGER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+REQUEST_TIMEOUT_SECONDS = 30
 ENDPOINTS = {
     "/health": "whether the data is there, and when it was rebuilt",
     "/views": "every view with its grain and columns",
@@ -84,6 +96,7 @@ class Page:
     limit: int
     offset: int
     more: bool
+    data_version: str
 
 
 @dataclass(frozen=True)
@@ -98,23 +111,31 @@ class Api:
     def database(self) -> Path:
         return self.role.database(self.warehouse)
 
+    def data_version(self) -> str:
+        """Changes whenever the role's database file does (its modification time, in ns)."""
+        return str(self.database.stat().st_mtime_ns)
+
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """A fresh read-only connection to the role's database (closed by the caller)."""
+        """A fresh read-only connection to the role's database (closed by the caller): the file as
+        it is now, never a replaced one still open in this process (see :func:`roles.connect`)."""
         if not self.database.exists():
             raise ApiError(
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"no {self.role.name} database yet at {self.database}: materialize the serving assets first",
+                f"no {self.role.name} database yet: materialize the serving assets first",
             )
         try:
             return roles.connect(self.role.name, self.warehouse)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
+        except duckdb.Error as exc:
+            if "lock" in str(exc).lower():
+                raise ApiError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    f"the {self.role.name} database is locked by a process writing it (a refresh step, most likely); "
+                    "retry in a few seconds",
+                    retry_after=RETRY_AFTER_SECONDS,
+                ) from exc
             raise ApiError(
                 HTTPStatus.SERVICE_UNAVAILABLE,
-                f"the {self.role.name} database is locked by a process writing it (a refresh step, most likely); "
-                "retry in a few seconds",
-                retry_after=RETRY_AFTER_SECONDS,
+                f"the {self.role.name} database cannot be read ({type(exc).__name__}); rebuild the serving assets",
             ) from exc
 
     def view(self, name: str) -> View:
@@ -140,6 +161,20 @@ def column_types(conn: duckdb.DuckDBPyConnection, schema: str, view: View) -> di
     return dict(rows)
 
 
+def served_columns(api: Api, conn: duckdb.DuckDBPyConnection, view: View) -> dict[str, str]:
+    """The spec's columns of ``view`` as this role sees them (masked names for marketing), in spec
+    order, with their types in the database: only these are served, whatever else a file holds."""
+    types = column_types(conn, api.role.schema, view)
+    names = [c.mask.masked_name(c.name) if api.role.masked and c.mask else c.name for c in view.columns]
+    missing = [n for n in names if n not in types]
+    if missing:
+        raise ApiError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"view {view.name!r} lacks the spec's columns {missing}: rebuild the serving assets",
+        )
+    return {n: types[n] for n in names}
+
+
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -157,12 +192,9 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, smallest: in
     text = _single(query, name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = smallest - 1
+    value = int(text) if text.isascii() and text.isdigit() else smallest - 1
     if value < smallest or (largest is not None and value > largest):
-        bound = f"{smallest} to {largest:,}" if largest is not None else f"{smallest} or more"
+        bound = f"{smallest} to {largest:,}" if largest is not None and largest < MAX_OFFSET else f"{smallest} or more"
         raise ApiError(HTTPStatus.BAD_REQUEST, f"{name} must be a whole number, {bound}; got {text!r}")
     return value
 
@@ -170,8 +202,10 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, smallest: in
 def rows_sql(
     schema: str, view: View, types: Mapping[str, str], query: Mapping[str, list[str]]
 ) -> tuple[str, list[object], int, int]:
-    """The SELECT for one page of ``view`` under the request's ``query`` (name -> values), its
-    parameters, the limit and the offset. Raises :class:`ApiError` on anything it cannot serve."""
+    """The SELECT for one page of ``view`` (``types``: the columns to serve) under the request's
+    ``query`` (name -> values), its parameters, the limit and the offset. A name that is a column
+    filters on equality even when it starts with ``min_`` or ``max_``. Raises :class:`ApiError` on
+    anything it cannot serve."""
     where: list[str] = []
     params: list[object] = []
     for name, values in query.items():
@@ -184,7 +218,10 @@ def rows_sql(
                 HTTPStatus.BAD_REQUEST, f"{view.name} has no column {column!r}", columns=list(types),
                 parameters=["<column>", "min_<column>", "max_<column>", *PAGING],
             )
-        cast = f"cast(? as {types[column]})"
+        if any(value == "" for value in values):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: give a value")
+        # Integer columns compare as numbers: cast to the column's type, 2.5 would round to 3.
+        cast = f"cast(? as {'DOUBLE' if types[column].startswith(INTEGER_TYPES) else types[column]})"
         if bound:
             if not types[column].startswith(RANGE_TYPES):
                 raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: {column} is {types[column]}, not a number or a date")
@@ -195,15 +232,17 @@ def rows_sql(
     order = _single(query, "order_by")
     keys = [c for c in view.grain if c in types]
     ordering: list[str] = []
+    sort = None
     if order:
-        column = order.lstrip("-")
-        if column not in types:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"order_by: {view.name} has no column {column!r}", columns=list(types))
-        ordering.append(f"{_quoted(column)} {'desc' if order.startswith('-') else 'asc'} nulls last")
-    ordering += [_quoted(c) for c in keys if not order or c != order.lstrip("-")]
+        descending = order.startswith("-")
+        sort = order[1:] if descending else order
+        if sort not in types:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"order_by: {view.name} has no column {sort!r}", columns=list(types))
+        ordering.append(f"{_quoted(sort)} {'desc' if descending else 'asc'} nulls last")
+    ordering += [_quoted(c) for c in keys if c != sort]
     limit = _count(query, "limit", DEFAULT_LIMIT, smallest=1, largest=MAX_LIMIT)
-    offset = _count(query, "offset", 0)
-    sql = f"select * from {_quoted(schema)}.{_quoted(view.name)}"
+    offset = _count(query, "offset", 0, largest=MAX_OFFSET)
+    sql = f"select {', '.join(map(_quoted, types))} from {_quoted(schema)}.{_quoted(view.name)}"
     if where:
         sql += " where " + " and ".join(where)
     if ordering:
@@ -218,19 +257,28 @@ def _records(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, object]]:
 
 
 def read_view(api: Api, name: str, query: Mapping[str, list[str]]) -> Page:
-    """One page of a view's rows, filtered, sorted and paged by ``query``."""
+    """One page of a view's rows, filtered, sorted and paged by ``query``; 409 when the request
+    names a ``data_version`` that is no longer the data's (a page of another listing)."""
     view = api.view(name)
+    asked = _single(query, "data_version")
+    version = api.data_version() if api.database.exists() else ""
+    if asked is not None and asked != version:
+        raise ApiError(
+            HTTPStatus.CONFLICT,
+            "the data changed since this listing began: start again from the first page (without data_version)",
+            data_version=version,
+        )
     conn = api.connect()
     try:
         schema = api.role.schema
-        sql, params, limit, offset = rows_sql(schema, view, column_types(conn, schema, view), query)
+        sql, params, limit, offset = rows_sql(schema, view, served_columns(api, conn, view), query)
         try:
             rows = _records(conn.execute(sql, params))
         except duckdb.ConversionException as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"a filter value does not fit its column: {str(exc).splitlines()[0]}") from exc
     finally:
         conn.close()
-    return Page(name, rows[:limit], limit, offset, more=len(rows) > limit)
+    return Page(name, rows[:limit], limit, offset, more=len(rows) > limit, data_version=version)
 
 
 CUSTOMER_VIEWS = ("total_spend", "purchase_frequency", "customer_lifetime_value")
@@ -242,8 +290,12 @@ def customer_card(api: Api, customer_id: str) -> dict[str, object]:
     schema = _quoted(api.role.schema)
     conn = api.connect()
     try:
+        def rows(view: str, where: str) -> list[dict[str, object]]:
+            columns = ", ".join(map(_quoted, served_columns(api, conn, api.model.view(view))))
+            return _records(conn.execute(f"select {columns} from {schema}.{_quoted(view)} where {where}", [customer_id]))
+
         def one(view: str) -> dict[str, object] | None:
-            found = _records(conn.execute(f"select * from {schema}.{_quoted(view)} where customer_id = ?", [customer_id]))
+            found = rows(view, "customer_id = ?")
             return found[0] if found else None
 
         profile = one("customer")
@@ -255,11 +307,7 @@ def customer_card(api: Api, customer_id: str) -> dict[str, object]:
             card[view] = {k: v for k, v in row.items() if k != "customer_id"} or None
         card["offers"] = [
             {k: v for k, v in row.items() if k not in ("customer_id", "recommended")}
-            for row in _records(conn.execute(
-                f"select * from {schema}.cross_sell_opportunities where customer_id = ? and recommended "
-                "order by recommendation_rank",
-                [customer_id],
-            ))
+            for row in rows("cross_sell_opportunities", "customer_id = ? and recommended order by recommendation_rank")
         ]
     finally:
         conn.close()
@@ -329,14 +377,40 @@ def index(api: Api) -> dict[str, object]:
     }
 
 
+def route(api: Api, path: str, query: Mapping[str, list[str]]) -> dict[str, object] | list[dict[str, object]]:
+    """The response body of a GET of ``path`` (as sent: each segment is unquoted on its own, so an
+    id may hold an encoded ``/``) with ``query``."""
+    parts = [unquote(p) for p in path.split("/") if p]
+    if query and not (len(parts) == 2 and parts[0] == "views"):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{path} takes no parameters (got {', '.join(sorted(query))})")
+    if not parts:
+        return index(api)
+    if parts == ["health"]:
+        return health(api)
+    if parts == ["manifest"]:
+        return manifest(api)
+    if parts == ["views"]:
+        return describe(api)
+    if len(parts) == 2 and parts[0] == "views":
+        page = read_view(api, parts[1], query)
+        following = None
+        if page.more:
+            params = {k: v for k, v in query.items() if k not in ("offset", "limit", "data_version")}
+            params.update(limit=[str(page.limit)], offset=[str(page.offset + page.limit)], data_version=[page.data_version])
+            following = f"/views/{quote(page.view)}?{urlencode(params, doseq=True)}"
+        return {"view": page.view, "data_version": page.data_version, "limit": page.limit, "offset": page.offset,
+                "returned": len(page.rows), "next": following, "rows": page.rows}
+    if len(parts) == 2 and parts[0] == "customers":
+        return customer_card(api, parts[1])
+    raise ApiError(HTTPStatus.NOT_FOUND, f"no endpoint {path!r}", endpoints=list(ENDPOINTS))
+
+
 def _json_value(value: object) -> object:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
-    raise TypeError(f"cannot serve a {type(value).__name__} as JSON")
+    return str(value)  # UUID, TIME, INTERVAL, ...: their text
 
 
 def _clean(value: object) -> object:
@@ -350,52 +424,27 @@ def _clean(value: object) -> object:
     return value
 
 
-def route(api: Api, path: str, query: Mapping[str, list[str]]) -> dict[str, object] | list[dict[str, object]]:
-    """The response body of a GET of ``path`` (as sent: each segment is unquoted on its own, so an
-    id may hold an encoded ``/``) with ``query``."""
-    parts = [unquote(p) for p in path.split("/") if p]
-    if not parts:
-        return index(api)
-    if parts == ["health"]:
-        return health(api)
-    if parts == ["manifest"]:
-        return manifest(api)
-    if parts == ["views"]:
-        return describe(api)
-    if len(parts) == 2 and parts[0] == "views":
-        page = read_view(api, parts[1], query)
-        following = None
-        if page.more:
-            params = {k: v for k, v in query.items() if k not in ("offset", "limit")}
-            params.update(limit=[str(page.limit)], offset=[str(page.offset + page.limit)])
-            following = f"/views/{quote(page.view)}?{urlencode(params, doseq=True)}"
-        return {"view": page.view, "limit": page.limit, "offset": page.offset, "returned": len(page.rows),
-                "next": following, "rows": page.rows}
-    if len(parts) == 2 and parts[0] == "customers":
-        return customer_card(api, parts[1])
-    raise ApiError(HTTPStatus.NOT_FOUND, f"no endpoint {path!r}", endpoints=list(ENDPOINTS))
+def _encode(body: object) -> bytes:
+    return json.dumps(_clean(body), default=_json_value, ensure_ascii=False, allow_nan=False).encode()
 
 
-def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
-    """The request handler class of a server that serves ``api`` (GET and HEAD only)."""
+def _host_name(header: str | None) -> str:
+    """The name in a Host header, without the port (and without an IPv6 address's brackets)."""
+    host = (header or "").strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def handler_for(api: Api, loopback_only: bool) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of a server that serves ``api`` (GET and HEAD; any other method
+    gets 405). ``loopback_only``: answer only requests whose Host is a loopback name."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "cross_sell-api"
+        timeout = REQUEST_TIMEOUT_SECONDS  # an idle connection does not hold a thread for ever
 
-        def _answer(self, with_body: bool) -> None:
-            url = urlsplit(self.path)
-            headers: dict[str, str] = {}
-            try:
-                query = parse_qs(url.query, keep_blank_values=True)
-                status, body = HTTPStatus.OK, route(api, url.path, query)
-            except ApiError as exc:
-                status, body = exc.status, exc.body()
-                if "retry_after" in exc.details:
-                    headers["Retry-After"] = str(exc.details["retry_after"])
-            except Exception as exc:  # a bug or a broken database: say so, keep serving
-                self.log_error("%s on %s: %s", type(exc).__name__, self.path, exc)
-                status, body = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}", "status": 500}
-            payload = json.dumps(_clean(body), default=_json_value, ensure_ascii=False, allow_nan=False).encode()
+        def _send(self, status: HTTPStatus, payload: bytes, headers: Mapping[str, str], with_body: bool = True) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(payload)))
@@ -406,19 +455,56 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
             if with_body:
                 self.wfile.write(payload)
 
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            """http.server's own refusals (a malformed request line, a URL too long), as JSON."""
+            status = HTTPStatus(code)
+            self.close_connection = True
+            self._send(status, _encode({"error": message or status.phrase, "status": code}), {}, self.command != "HEAD")
+
+        def _answer(self, with_body: bool) -> None:
+            headers: dict[str, str] = {}
+            try:
+                if loopback_only and _host_name(self.headers.get("Host")) not in LOOPBACK_NAMES:
+                    raise ApiError(HTTPStatus.FORBIDDEN, "this server answers only requests addressed to this machine "
+                                   "(Host: localhost or a loopback address)")
+                try:
+                    target = self.path.encode("latin-1").decode("utf-8")  # http.server reads the line as latin-1
+                except UnicodeError:
+                    raise ApiError(HTTPStatus.BAD_REQUEST, "the URL is not UTF-8; percent-encode it") from None
+                url = urlsplit(target)
+                query = parse_qs(url.query, keep_blank_values=True)
+                status, payload = HTTPStatus.OK, _encode(route(api, url.path, query))
+            except ApiError as exc:
+                status, payload = exc.status, _encode(exc.body())
+                if "retry_after" in exc.details:
+                    headers["Retry-After"] = str(exc.details["retry_after"])
+            except Exception as exc:  # a bug or a broken database: say so, keep serving
+                self.log_error("%s on %s: %s", type(exc).__name__, self.path, exc)
+                status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, _encode({"error": type(exc).__name__, "status": 500})
+            self._send(status, payload, headers, with_body)
+
         def do_GET(self) -> None:  # noqa: N802 (the http.server protocol)
             self._answer(with_body=True)
 
         def do_HEAD(self) -> None:  # noqa: N802
             self._answer(with_body=False)
 
+        def _read_only(self) -> None:
+            body = {"error": f"{self.command} is not allowed: the API is read-only", "status": 405}
+            self._send(HTTPStatus.METHOD_NOT_ALLOWED, _encode(body), {"Allow": "GET, HEAD"})
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _read_only  # noqa: N815
+
     return Handler
 
 
 def serve(api: Api, host: str, port: int) -> ThreadingHTTPServer:
-    """A server bound to ``host:port`` (0: any free port), not yet serving."""
-    server = ThreadingHTTPServer((host, port), handler_for(api))
-    server.daemon_threads = True
+    """A server bound to ``host:port`` (0: any free port), not yet serving. Bound to a loopback
+    address it answers only requests addressed to a loopback name. Closing it waits for the
+    requests in flight (each at most :data:`REQUEST_TIMEOUT_SECONDS` idle)."""
+    loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback if host else False
+    server = ThreadingHTTPServer((host, port), handler_for(api, loopback_only=loopback))
+    server.daemon_threads = False  # server_close() joins them: a stop never cuts a response off
     return server
 
 

@@ -104,13 +104,25 @@ def role(name: str) -> Role:
 
 def connect(role_name: str, warehouse: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
     """A read-only connection for a consumer in ``role_name``; the views resolve by bare name
-    (``select * from total_spend``) in both roles."""
+    (``select * from total_spend``) in both roles.
+
+    The role's file is attached (as database ``<role>``) to a new in-memory connection rather
+    than opened with ``duckdb.connect(path)``: while any connection of the process still has the
+    file open, DuckDB hands ``connect(path)`` that same database, which goes on reading the
+    marketing file a refresh has since replaced by a rename. Attached, every connection reads the
+    file as it is now."""
     chosen = role(role_name)
     database = chosen.database(warehouse if warehouse is not None else settings.duckdb_path())
     if not database.exists():
         raise FileNotFoundError(f"No {chosen.name} database at {database} yet: materialize the serving assets first.")
-    conn = duckdb.connect(str(database), read_only=True)
-    conn.execute(f"set search_path = '{chosen.schema},main'")
+    conn = duckdb.connect()
+    try:
+        conn.execute(f"attach {_literal(str(database))} as {chosen.name} (read_only)")
+        conn.execute(f"use {chosen.name}")
+        conn.execute(f"set search_path = '{chosen.name}.{chosen.schema},{chosen.name}.main'")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
