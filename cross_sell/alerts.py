@@ -61,11 +61,6 @@ def failed_gates_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str,
     return gates
 
 
-def materialized_assets(instance: dg.DagsterInstance, run_id: str) -> set[str]:
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-    return {r.event_log_entry.dagster_event.asset_key.to_user_string() for r in records}
-
-
 def landing_files_of(run: dg.DagsterRun, op_name: str) -> tuple[str, ...]:
     """The landing files a run was asked to ingest (from its run config)."""
     config = (run.run_config or {}).get("ops", {}).get(op_name, {}).get("config", {}) or {}

@@ -84,6 +84,15 @@ def current_format(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
     return (row[0] if row else None) or "canonical"
 
 
+def current_load_run(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
+    """The run that landed the current audit load of ``dataset`` (None if none)."""
+    ensure_tables(conn)
+    row = conn.execute(
+        f"select run_id from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1", [dataset]
+    ).fetchone()
+    return row[0] if row else None
+
+
 def current_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     ensure_tables(conn)
     row = conn.execute(

@@ -144,16 +144,12 @@ def run_failure_alert_sensor(
     with alerts.connect_within(duckdb.database) as conn:
         written = alerts.write_alerts(conn, found)
         if names and landing_dir is not None:
-            published = "purchases" in alerts.materialized_assets(context.instance, run.run_id)
             gates = sorted({a.gate for a in found if a.gate})
             reason = f"gate failed: {', '.join(gates)}" if gates else f"run failed: {found[0].message}"
-            settled = landing_files.settle(
-                conn,
-                landing_dir,
-                names,
-                landing_files.ACCEPTED if published else landing_files.REJECTED_STATUS,
-                run.run_id,
-                "purchases published before a later step failed" if published else reason[:500],
+            # Files whose lines were published (by this run or any other) are archived, the rest rejected.
+            settled = landing_files.archive_published(conn, landing_dir, run.run_id)
+            settled += landing_files.settle(
+                conn, landing_dir, names, landing_files.REJECTED_STATUS, run.run_id, reason[:500]
             )
     for alert in found:
         context.log.error(alert.text() if written else f"(already alerted) {alert.text()}")

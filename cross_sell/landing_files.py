@@ -8,9 +8,14 @@ Upstream systems drop extra purchase lines (the canonical purchase columns, as `
    the file's name, size and modification time);
 2. that run lands it into ``audit.purchases`` together with the source files and every file
    accepted before (status ``landed``), and the gates check the whole load;
-3. gates passed and purchases published: the file moves to ``<landing>/processed/`` (``accepted``);
+3. purchases published: in the publishing transaction itself the file is recorded ``published``
+   (whichever run publishes: the one that landed it, a re-execution, a later run), then moved to
+   ``<landing>/processed/`` (``accepted``) by the publish step, or, if that move was interrupted, by
+   the next step that archives (the landing log asset, the failure sensor, the next purchase load);
    a gate failed: the run-failure sensor moves it to ``<landing>/rejected/`` (``rejected``), and the
-   published tables are untouched because publishing refuses a load that failed a gate.
+   published tables are untouched because publishing refuses a load that failed a gate. A file
+   whose lines were published is never rejected, and one rejected before a retried publish is
+   taken back out of ``rejected/``.
 
 Accepted files stay part of the purchase input: every later landing of purchases (the daily full
 refresh included) reads them after the source files, so re-reading ``$CROSS_SELL_DATA_DIR`` never
@@ -54,7 +59,7 @@ SUFFIXES = (".csv", ".csv.gz", ".parquet")
 PROCESSED = "processed"
 REJECTED = "rejected"
 LOG_TABLE = "landing_files"
-LANDED, ACCEPTED, REJECTED_STATUS = "landed", "accepted", "rejected"
+LANDED, PUBLISHED, ACCEPTED, REJECTED_STATUS = "landed", "published", "accepted", "rejected"
 # A file younger than this may still be being written; the sensor looks again on its next tick.
 MIN_AGE_SECONDS = 2.0
 KEY_COLUMN = "purchase_id"
@@ -63,7 +68,7 @@ LOG_COLUMNS = (
     ColumnDef("file", "varchar", "The file's name in the landing folder."),
     ColumnDef("sha256", "varchar", "SHA-256 of the file's bytes: the same name with other contents is another file."),
     ColumnDef("rows", "bigint", "Purchase lines read from the file."),
-    ColumnDef("status", "varchar", "landed (gates pending), accepted (its lines are in the published purchases) or rejected (a gate failed)."),
+    ColumnDef("status", "varchar", "landed (gates pending), published (its lines are in the published purchases; archiving pending), accepted (published and archived) or rejected (a gate failed)."),
     ColumnDef("run_id", "varchar", "The Dagster run that recorded this status."),
     ColumnDef("recorded_at", "timestamp", "When the status was recorded (UTC)."),
     ColumnDef("path", "varchar", "Where the file was then: the landing folder, or the archive folder it was moved to."),
@@ -114,21 +119,28 @@ def pending_files(landing_dir: Path, min_age_seconds: float = 0.0, now: float | 
 
 
 def accepted_files(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None) -> list[Path]:
-    """The files this warehouse accepted, in the order they were accepted (their archive names
-    start with a timestamp). Only those its own log records as accepted: a landing folder shared
-    with another warehouse (another dataset, a test copy) holds archives that are not this
-    product's lines. Matched by archive name, unique per file, so a moved landing folder still
-    works; an accepted file removed from the archive is no longer part of the input."""
+    """The files this warehouse accepted, in the order their lines were published (a later file
+    wins a purchase_id). Only those its own log records as accepted: a landing folder shared with
+    another warehouse (another dataset, a test copy) holds archives that are not this product's
+    lines. Matched by archive name, unique per file, so a moved landing folder still works; an
+    accepted file removed from the archive is no longer part of the input."""
     if landing_dir is None or not (landing_dir / PROCESSED).is_dir():
         return []
     ensure_log(conn)
-    ours = {
+    ordered = [
         Path(path).name
         for (path,) in conn.execute(
-            f"select path from {AUDIT_SCHEMA}.{LOG_TABLE} where status = ? and path is not null", [ACCEPTED]
+            f"""select a.path from {AUDIT_SCHEMA}.{LOG_TABLE} a
+                left join {AUDIT_SCHEMA}.{LOG_TABLE} p on p.status = ? and p.file = a.file and p.sha256 = a.sha256
+                     and p.recorded_at <= a.recorded_at
+                where a.status = ? and a.path is not null
+                group by a.path, a.recorded_at
+                order by coalesce(max(p.recorded_at), a.recorded_at), a.path""",
+            [PUBLISHED, ACCEPTED],
         ).fetchall()
-    }
-    return sorted(p for p in (landing_dir / PROCESSED).iterdir() if p.name in ours and is_landing_file(p))
+    ]
+    archived = {p.name: p for p in (landing_dir / PROCESSED).iterdir() if is_landing_file(p)}
+    return [archived[name] for name in dict.fromkeys(ordered) if name in archived]
 
 
 def resolve_pending(landing_dir: Path | None, names: Sequence[str]) -> list[Path]:
@@ -361,6 +373,7 @@ def settle(
             [run_id, LANDED],
         ).fetchall()
     }
+    settled_before = {(file, sha) for file, sha, _, latest, _ in _latest(conn) if latest in (PUBLISHED, ACCEPTED)}
     folder = landing_dir / (PROCESSED if status == ACCEPTED else REJECTED)
     settled = []
     for name in names:
@@ -373,12 +386,68 @@ def settle(
             continue
         if status == ACCEPTED and landed_sha is None:
             continue  # never archive as accepted what this run did not land
+        if status == REJECTED_STATUS and (name, sha) in settled_before:
+            continue  # its lines were published (perhaps by another run): it is archived, never rejected
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / _archive_name(status, name, sha)
         with transaction(conn):
             _record(conn, name, sha, rows, status, run_id, target, detail)
             os.replace(source, target)
         settled.append(Settled(name, status, target))
+    return settled
+
+
+def mark_published(conn: duckdb.DuckDBPyConnection, landing_run_id: str | None, run_id: str, publish_id: str) -> int:
+    """In the publishing transaction: record as ``published`` the files the run that landed the
+    published purchase load recorded as ``landed``, whichever run publishes. Returns how many."""
+    if landing_run_id is None:
+        return 0
+    ensure_log(conn)
+    return int(conn.execute(
+        f"""insert into {AUDIT_SCHEMA}.{LOG_TABLE}
+            select file, sha256, rows, ?, ?, ?, path, ? from {AUDIT_SCHEMA}.{LOG_TABLE}
+            where run_id = ? and status = ?""",
+        [PUBLISHED, run_id, _now(), f"lines published (publish {publish_id}); archiving pending", landing_run_id, LANDED],
+    ).fetchall()[0][0])
+
+
+def _latest(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int | None, str, str | None]]:
+    """(file, sha256, rows, latest status, latest path) of every file version in the log."""
+    return conn.execute(
+        f"""select file, sha256, arg_max(rows, recorded_at), arg_max(status, recorded_at), arg_max(path, recorded_at)
+            from {AUDIT_SCHEMA}.{LOG_TABLE} group by file, sha256"""
+    ).fetchall()
+
+
+def archive_published(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None, run_id: str) -> list[Settled]:
+    """Move every file whose lines were published but which is not archived yet to
+    ``processed/`` and record it ``accepted``: from the landing folder, or from ``rejected/`` when
+    the failure sensor rejected it before a retried run published it. Idempotent."""
+    if landing_dir is None:
+        return []
+    ensure_log(conn)
+    published = [(file, sha, rows) for file, sha, rows, status, _ in _latest(conn) if status == PUBLISHED]
+    rejected_paths = {
+        (file, sha): Path(path) for file, sha, path in conn.execute(
+            f"select file, sha256, path from {AUDIT_SCHEMA}.{LOG_TABLE} where status = ? and path is not null",
+            [REJECTED_STATUS],
+        ).fetchall()
+    }
+    settled = []
+    for file, sha, rows in published:
+        candidates = [landing_dir / file]
+        if (file, sha) in rejected_paths:
+            candidates.append(landing_dir / REJECTED / rejected_paths[(file, sha)].name)
+        source = next((c for c in candidates if c.is_file() and file_sha256(c) == sha), None)
+        if source is None:
+            continue  # removed by hand: its lines stay published, but no later full load reads them
+        folder = landing_dir / PROCESSED
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / _archive_name(ACCEPTED, file, sha)
+        with transaction(conn):
+            _record(conn, file, sha, rows, ACCEPTED, run_id, target, "lines published; archived")
+            os.replace(source, target)
+        settled.append(Settled(file, ACCEPTED, target))
     return settled
 
 
@@ -442,16 +511,13 @@ def landing_files_log(
     context: dg.AssetExecutionContext, duckdb: DuckDBResource, input_files: InputFiles
 ) -> dg.MaterializeResult:
     """The record of every purchase file dropped in the landing folder: its checksum, rows and
-    fate (landed, accepted into the product, or rejected by a gate). This step runs right after
-    purchases are published and archives the files this run landed, so every later refresh keeps
-    their rows. Operations read it to answer "did my file make it, and if not, why?"."""
+    fate (landed, published, accepted into the product, or rejected by a gate). This step runs right
+    after purchases are published and archives any published file the publish step could not
+    move, so every later refresh keeps their rows. Operations read it to answer "did my file make it, and if not, why?"."""
     landing_dir = input_files.landing_path()
     with connect(duckdb) as conn:
         ensure_log(conn)
-        names = landed_in_run(conn, context.run.run_id)
-        settled = []
-        if landing_dir is not None and names:
-            settled = settle(conn, landing_dir, names, ACCEPTED, context.run.run_id, "gates passed; purchases published")
+        settled = archive_published(conn, landing_dir, context.run.run_id)
         totals = dict(
             conn.execute(
                 f"""select status, count(*) from (

@@ -109,7 +109,9 @@ def describe_rule(rule: str) -> str:
     if family == "type":
         return f"value is not a valid {detail}"
     if family == "referential_integrity" and detail.startswith("exists_in_"):
-        return f"no such record in the {detail.removeprefix('exists_in_')} input"
+        kind = detail.removeprefix("exists_in_")
+        return (f"no such {kind} in the {kind} input of the same load "
+                f"(for an incremental load: among the published {kind}s)")
     if family == "parse":
         return f"CSV line could not be parsed ({detail.replace('_', ' ')}); kept in the audit rejects table"
     if family == "validity":

@@ -207,8 +207,8 @@ def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> Non
 
     log = env.table("audit.landing_files", "recorded_at")
     assert log.groupby("file")["status"].apply(list).to_dict() == {
-        "new.csv": ["landed", "accepted"],
-        "same_again.parquet": ["landed", "accepted"],
+        "new.csv": ["landed", "published", "accepted"],
+        "same_again.parquet": ["landed", "published", "accepted"],
     }
     landed = log[log.status == "landed"].set_index("file").detail
     assert landed["new.csv"].startswith("2 rows read, 1 of them replace")  # L1 corrected
@@ -261,6 +261,53 @@ def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -
     assert env.materialize(INGEST_GROUP).success
     assert len(env.table("purchases")) == 6
     assert json.loads(env.landing_tick(tick.cursor).cursor)["requested"] == []
+
+
+def _daily_refresh_keeps(env: Env) -> pd.DataFrame:
+    assert env.run_job("daily_refresh").success
+    return env.table("purchases", "purchase_id").set_index("purchase_id")
+
+
+def test_a_file_published_by_a_later_run_is_archived_and_kept(env: Env) -> None:
+    """The run that landed a file stopped before publishing (cancelled, killed); another run
+    publishes the purchases. The file's lines are published, so it is archived as accepted and the
+    daily refresh keeps them."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    tick = env.landing_tick(None)
+    assert env.materialize(["audit/purchases"], run_config=tick.run_requests[0].run_config).success  # landed, gated
+    assert (env.landing / "new.csv").exists()
+    published = env.materialize(["purchases"])
+    assert published.success
+    [archived] = (env.landing / landing_files.PROCESSED).iterdir()
+    assert archived.read_text() == HEADER + NEW_LINES and not (env.landing / "new.csv").exists()
+    assert env.landing_tick(tick.cursor).run_requests == []
+    purchases = _daily_refresh_keeps(env)
+    assert len(purchases) == 7 and purchases.loc["L1", "amount"] == 12 and purchases.loc["L7", "customer_id"] == "C4"
+
+
+def test_a_file_rejected_before_its_retried_publish_is_taken_back(env: Env) -> None:
+    """The landing run failed after its gates passed (here: its publish was refused for selecting
+    too much), so the failure sensor rejected the file; a retry publishes the purchases. The file
+    comes back from rejected/ into the archive, and the daily refresh keeps its lines."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    request = env.landing_tick(None).run_requests[0]
+    failed = env.materialize(["audit/purchases", "purchases", "customers"], run_config=request.run_config)
+    assert not failed.success and "publish_inputs" in failed.get_failed_step_keys()
+    env.failure_sensor(failed)
+    assert [p.name.split("__")[-1] for p in (env.landing / landing_files.REJECTED).iterdir()] == ["new.csv"]
+
+    assert env.materialize(["purchases", "audit/landing_files"]).success  # the retry
+    assert list((env.landing / landing_files.REJECTED).iterdir()) == []
+    [archived] = (env.landing / landing_files.PROCESSED).iterdir()
+    assert archived.read_text() == HEADER + NEW_LINES
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "rejected", "published", "accepted"]
+    env.failure_sensor(failed)  # a late tick of the failure sensor never rejects published lines
+    assert list((env.landing / landing_files.PROCESSED).iterdir()) == [archived]
+    purchases = _daily_refresh_keeps(env)
+    assert len(purchases) == 7 and purchases.loc["L7", "customer_id"] == "C4"
 
 
 def test_unreadable_landing_file_fails_its_run_and_is_rejected_unchanged(env: Env) -> None:

@@ -79,9 +79,12 @@ def test_one_new_day_upserted_gives_the_outputs_of_a_full_recompute(history_and_
     downstream = dg.AssetSelection.all() - dg.AssetSelection.groups("ingest")  # what automation refreshes
     assert _run(history, landing, incremental, downstream).success
 
+    # Publishing archived the file: its lines are part of every later full load.
+    [archived] = (landing / "processed").glob("*__new_day.parquet")
+    assert not (landing / "new_day.parquet").exists()
     full_landing = tmp_path / "full_landing"
     full_landing.mkdir()
-    shutil.copy(landing / "new_day.parquet", full_landing / "new_day.parquet")
+    shutil.copy(archived, full_landing / "new_day.parquet")
     full = tmp_path / "full.duckdb"
     full_config = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"]}}}}
     assert _run(history, full_landing, full, "*", full_config).success

@@ -108,6 +108,10 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 metadata={"rule": "delta_needs_landing_files"},
             )
         findings = []
+        if ds is PURCHASES and not adapter:
+            # Published files whose archiving was interrupted: archived now, so this load reads them.
+            with connect(duckdb) as conn:
+                landing_files.archive_published(conn, input_files.landing_path(), context.run.run_id)
         with connect(duckdb) as conn, transaction(conn):
             try:
                 if adapter:
@@ -386,7 +390,9 @@ def upsert_purchases(conn: duckdb.DuckDBPyConnection) -> int:
 @dg.multi_asset(
     specs=[_published_spec(ds) for ds in DATASETS], name="publish_inputs", pool="duckdb", can_subset=True
 )
-def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> Iterator[dg.MaterializeResult]:
+def publish_inputs(
+    context: dg.AssetExecutionContext, duckdb: DuckDBResource, input_files: InputFiles
+) -> Iterator[dg.MaterializeResult]:
     """Publish the audited inputs together, in one transaction, if and only if all their gates
     passed. A delta load of purchases (an incremental run) is upserted instead, on its own: it
     needs only the purchase gates (its references were checked against the published customers
@@ -442,6 +448,12 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
                 extra[PURCHASES.table] = {"load_mode": audit_log.DELTA, "replaced_rows": replaced,
                                           "delta_rows": row_count(conn, PURCHASES.table, AUDIT_SCHEMA)}
             publish_id = audit_log.record_publish(conn, context.run.run_id)
+            # The landing files of the published load are part of the published purchases from now
+            # on, whichever run published them; moved to the archive right after.
+            landing_files.mark_published(
+                conn, audit_log.current_load_run(conn, PURCHASES.table), context.run.run_id, publish_id
+            )
+        archived = landing_files.archive_published(conn, input_files.landing_path(), context.run.run_id)
         span = conn.execute("select min(purchase_date), max(purchase_date) from purchases").fetchone()
         loads = {ds.table: audit_log.current_load(conn, ds.table) for ds in DATASETS}
     for ds in DATASETS:
@@ -450,6 +462,7 @@ def publish_inputs(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
         metadata = {"dagster/row_count": counts[ds.table], "dagster/uri": uri(duckdb, ds.table),
                     "load_id": loads[ds.table], "publish_id": publish_id, **extra[ds.table]}
         if ds is PURCHASES:
+            metadata["landing_files_archived"] = [a.file for a in archived]
             metadata["input_format"] = input_format
             metadata["first_purchase"] = str(span[0])
             metadata["newest_purchase"] = str(span[1])
