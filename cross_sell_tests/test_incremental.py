@@ -96,6 +96,37 @@ def test_one_new_day_upserted_gives_the_outputs_of_a_full_recompute(history_and_
         assert conn.execute("select count(*) from purchases").fetchall()[0][0] == before + len(new_day)
 
 
+def test_an_increment_keeps_a_column_the_history_lacks_and_needs_no_source_file(history_and_new_day, tmp_path: Path) -> None:
+    """A history without the optional `channel` column, published as is, then a day that has it:
+    the increment keeps the day's channels, exactly as a full load of the same lines does; and a
+    later increment lands while the source purchase file is away (it reads only its own files)."""
+    history, landing, _ = history_and_new_day
+    purchases = history / "purchases.parquet"
+    pd.read_parquet(purchases).drop(columns=["channel"]).to_parquet(purchases, index=False)
+    incremental = tmp_path / "incremental.duckdb"
+    assert _run(history, landing, incremental, "group:ingest").success
+    assert read_table(incremental, "purchases")["channel"].isna().all()
+    assert _run(history, landing, incremental, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG).success
+
+    [archived] = (landing / "processed").glob("*__new_day.parquet")
+    full_landing = tmp_path / "full_landing"
+    full_landing.mkdir()
+    shutil.copy(archived, full_landing / "new_day.parquet")
+    full = tmp_path / "full.duckdb"
+    full_config = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"]}}}}
+    assert _run(history, full_landing, full, "group:ingest", full_config).success
+    ours, theirs = read_table(incremental, "purchases", order_by="purchase_id"), read_table(full, "purchases", order_by="purchase_id")
+    assert theirs["channel"].notna().any()
+    pd.testing.assert_frame_equal(ours, theirs, obj="purchases")
+
+    # An increment reads only its landing files: the history's source file need not be there.
+    purchases.rename(tmp_path / "away.parquet")
+    pd.read_parquet(archived).assign(purchase_id=lambda d: d["purchase_id"] + "_next").to_parquet(landing / "new_day.parquet")
+    assert _run(history, landing, incremental, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG).success
+    (tmp_path / "away.parquet").rename(purchases)
+    assert len(read_table(incremental, "purchases")) == len(read_table(full, "purchases")) + len(pd.read_parquet(archived))
+
+
 def test_a_delta_that_fails_a_gate_publishes_nothing(history_and_new_day, tmp_path: Path) -> None:
     history, landing, new_day = history_and_new_day
     warehouse = tmp_path / "w.duckdb"

@@ -110,6 +110,20 @@ def retire_published_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> None
     _point_view(conn, dataset, published_table(dataset), contract_types)
 
 
+def add_contract_columns(
+    conn: duckdb.DuckDBPyConnection, dataset: str, table: str, contract_types: Mapping[str, str], wanted: set[str]
+) -> list[str]:
+    """Add to ``table`` (holding the published rows, qualified) the contract columns in ``wanted``
+    it lacks, null for its rows, and point the view at the widened table. Returns those added."""
+    present = _column_types(conn, table)
+    added = [name for name in contract_types if name in wanted and name not in present]
+    for name in added:
+        conn.execute(f"alter table {table} add column {quoted(name)} {contract_types[name]}")
+    if added and _is_view(conn, dataset):
+        _point_view(conn, dataset, table, contract_types)
+    return added
+
+
 def published_rows(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
     """The table an upsert changes to change the published rows (qualified)."""
     if table_exists(conn, dataset + PUBLISHED_SUFFIX, AUDIT_SCHEMA):
