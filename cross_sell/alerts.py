@@ -67,6 +67,18 @@ def landing_files_of(run: dg.DagsterRun, op_name: str) -> tuple[str, ...]:
     return tuple(config.get("landing_files", []) or [])
 
 
+def failure_message(event: dg.DagsterEvent) -> str:
+    """What made a step fail, in the words meant for people: a ``dg.Failure``'s description, else
+    the innermost error of the chain (not Dagster's wrapper, "Error occurred while executing op")."""
+    data = event.step_failure_data
+    if data.user_failure_data is not None and data.user_failure_data.description:
+        return data.user_failure_data.description.strip()
+    error = data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else "step failed"
+
+
 def describe_failure(
     instance: dg.DagsterInstance,
     run: dg.DagsterRun,
@@ -77,8 +89,7 @@ def describe_failure(
     gates = failed_gates_by_step(instance, run.run_id)
     alerts = []
     for event in step_failures:
-        error = event.step_failure_data.error
-        message = (error.message if error else "step failed").strip()[:MAX_MESSAGE]
+        message = failure_message(event)[:MAX_MESSAGE]
         step_gates = gates.get(event.step_key or "", [])
         alerts.append(
             Alert(run.run_id, run.job_name, event.step_key, ", ".join(step_gates) or None, message, tuple(landing_files))

@@ -297,6 +297,10 @@ def test_a_file_rejected_before_its_retried_publish_is_taken_back(env: Env) -> N
     assert not failed.success and "publish_inputs" in failed.get_failed_step_keys()
     env.failure_sensor(failed)
     assert [p.name.split("__")[-1] for p in (env.landing / landing_files.REJECTED).iterdir()] == ["new.csv"]
+    # The alert and the file's log say why in the refusal's own words, not Dagster's wrapper's.
+    [alert] = env.table("audit.run_alerts").itertuples()
+    assert alert.message.startswith("The current purchase load is incremental") and "select purchases alone" in alert.message
+    assert "select purchases alone" in env.table("audit.landing_files", "recorded_at").detail.iloc[-1]
 
     assert env.materialize(["purchases", "audit/landing_files"]).success  # the retry
     assert list((env.landing / landing_files.REJECTED).iterdir()) == []
