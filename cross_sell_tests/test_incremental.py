@@ -207,4 +207,6 @@ def test_a_full_load_cannot_be_published_in_part(history_and_new_day, tmp_path: 
     result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")])
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "publishes customers, products and purchases together" in failure.step_failure_data.user_failure_data.description
+    description = failure.step_failure_data.user_failure_data.description
+    assert "publishes customers, products and purchases together" in description
+    assert "touch its landing file" in description  # what to do if this was a retried increment

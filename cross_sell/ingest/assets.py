@@ -415,9 +415,14 @@ def publish_inputs(
                 metadata={"rule": "publish_delta_alone"},
             )
         if not delta and selected != {ds.table for ds in DATASETS}:
+            retry = (
+                ". If this retries the publish of an increment (a landing file): a full load has landed since, "
+                "so the increment can no longer be published on its own; touch its landing file (or drop it "
+                "again) so the landing sensor lands it anew"
+            ) if selected == {PURCHASES.table} else ""
             raise dg.Failure(
                 description="A full load publishes customers, products and purchases together, in one transaction; "
-                f"select all three (selected: {', '.join(sorted(selected))})",
+                f"select all three (selected: {', '.join(sorted(selected))}){retry}",
                 metadata={"rule": "publish_together"},
             )
         to_publish = [PURCHASES] if delta else list(DATASETS)
