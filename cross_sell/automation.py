@@ -148,9 +148,7 @@ def run_failure_alert_sensor(
             reason = f"gate failed: {', '.join(gates)}" if gates else f"run failed: {found[0].message}"
             # Files whose lines were published (by this run or any other) are archived, the rest rejected.
             settled = landing_files.archive_published(conn, landing_dir, run.run_id)
-            settled += landing_files.settle(
-                conn, landing_dir, names, landing_files.REJECTED_STATUS, run.run_id, reason[:500]
-            )
+            settled += landing_files.reject(conn, landing_dir, names, run.run_id, reason[:500])
     for alert in found:
         context.log.error(alert.text() if written else f"(already alerted) {alert.text()}")
     for item in settled:

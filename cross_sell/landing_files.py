@@ -350,21 +350,30 @@ def _archive_name(status: str, name: str, sha256: str) -> str:
     return f"{stamp}__{sha256[:12]}__{name}" if status == ACCEPTED else f"{stamp}__{name}"
 
 
-def settle(
-    conn: duckdb.DuckDBPyConnection,
-    landing_dir: Path,
-    names: Sequence[str],
-    status: str,
-    run_id: str,
-    detail: str = "",
+def _move(
+    conn: duckdb.DuckDBPyConnection, source: Path, landing_dir: Path, status: str, file: str, sha: str,
+    rows: int | None, run_id: str, detail: str,
+) -> Settled:
+    """Move one landing file to ``processed/`` (accepted) or ``rejected/`` and record it, together."""
+    folder = landing_dir / (PROCESSED if status == ACCEPTED else REJECTED)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / _archive_name(status, file, sha)
+    with transaction(conn):
+        _record(conn, file, sha, rows, status, run_id, target, detail)
+        os.replace(source, target)
+    return Settled(file, status, target)
+
+
+def reject(
+    conn: duckdb.DuckDBPyConnection, landing_dir: Path, names: Sequence[str], run_id: str, detail: str = ""
 ) -> list[Settled]:
-    """Move the named files still waiting in the landing folder to ``processed/`` (accepted) or
-    ``rejected/``, and record it. Idempotent: a file that already left the folder is skipped.
+    """Move the named files still waiting in the landing folder to ``rejected/``, and record it.
+    Idempotent: a file that already left the folder is skipped. A file whose lines were published
+    (perhaps by another run) is never rejected: :func:`archive_published` archives it.
 
     A file whose bytes changed since this run landed it is left waiting (it is a new version, and
-    the sensor will request a run for it), so the archive always holds exactly what was published.
+    the sensor will request a run for it).
     """
-    assert status in (ACCEPTED, REJECTED_STATUS)
     ensure_log(conn)
     landed = {
         file: (sha, rows)
@@ -373,8 +382,7 @@ def settle(
             [run_id, LANDED],
         ).fetchall()
     }
-    settled_before = {(file, sha) for file, sha, _, latest, _ in _latest(conn) if latest in (PUBLISHED, ACCEPTED)}
-    folder = landing_dir / (PROCESSED if status == ACCEPTED else REJECTED)
+    published = {(file, sha) for file, sha, _, latest, _ in _latest(conn) if latest in (PUBLISHED, ACCEPTED)}
     settled = []
     for name in names:
         source = landing_dir / name
@@ -382,18 +390,9 @@ def settle(
             continue
         sha = file_sha256(source)
         landed_sha, rows = landed.get(name, (None, None))
-        if landed_sha is not None and landed_sha != sha:
+        if (landed_sha is not None and landed_sha != sha) or (name, sha) in published:
             continue
-        if status == ACCEPTED and landed_sha is None:
-            continue  # never archive as accepted what this run did not land
-        if status == REJECTED_STATUS and (name, sha) in settled_before:
-            continue  # its lines were published (perhaps by another run): it is archived, never rejected
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / _archive_name(status, name, sha)
-        with transaction(conn):
-            _record(conn, name, sha, rows, status, run_id, target, detail)
-            os.replace(source, target)
-        settled.append(Settled(name, status, target))
+        settled.append(_move(conn, source, landing_dir, REJECTED_STATUS, name, sha, rows, run_id, detail))
     return settled
 
 
@@ -441,23 +440,8 @@ def archive_published(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None,
         source = next((c for c in candidates if c.is_file() and file_sha256(c) == sha), None)
         if source is None:
             continue  # removed by hand: its lines stay published, but no later full load reads them
-        folder = landing_dir / PROCESSED
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / _archive_name(ACCEPTED, file, sha)
-        with transaction(conn):
-            _record(conn, file, sha, rows, ACCEPTED, run_id, target, "lines published; archived")
-            os.replace(source, target)
-        settled.append(Settled(file, ACCEPTED, target))
+        settled.append(_move(conn, source, landing_dir, ACCEPTED, file, sha, rows, run_id, "lines published; archived"))
     return settled
-
-
-def landed_in_run(conn: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
-    ensure_log(conn)
-    rows = conn.execute(
-        f"select file from {AUDIT_SCHEMA}.{LOG_TABLE} where run_id = ? and status = ? order by recorded_at",
-        [run_id, LANDED],
-    ).fetchall()
-    return [r[0] for r in rows]
 
 
 # --- the sensor's bookkeeping: plain functions, wired in cross_sell.automation ----------------
