@@ -36,6 +36,14 @@ AUDIT_SCHEMA = "audit"
 PUBLISHED_SCHEMA = "main"
 
 
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether DuckDB refused to open a file because another process holds its lock."""
+    return isinstance(exc, duckdb.IOException) and "Could not set lock" in str(exc)
+
+
 class WarehouseLockedError(RuntimeError):
     """Another process kept the warehouse file's lock for longer than we waited."""
 
@@ -54,7 +62,6 @@ class WarehouseLockedError(RuntimeError):
         )
 
 
-_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
 
 
 def open_warehouse(
@@ -72,7 +79,7 @@ def open_warehouse(
         try:
             return duckdb.connect(database, config=dict(config or {}))
         except duckdb.IOException as exc:
-            if "Could not set lock" not in str(exc):
+            if not is_lock_error(exc):
                 raise
             waited = time.monotonic() - started
             if waited + delay > wait_seconds:

@@ -26,6 +26,7 @@ OUTPUTS = {
     "cross_sell_recommendations": "customer_id, rank",
 }
 DELTA_CONFIG = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"], "delta": True}}}}
+DELTA_SELECTION = [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")]  # land and publish an increment
 
 
 def _run(data: Path, landing: Path, warehouse: Path, selection, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
@@ -39,6 +40,17 @@ def _run(data: Path, landing: Path, warehouse: Path, selection, run_config: dict
         run_config=run_config or {},
         raise_on_error=False,
     )
+
+
+def _full_recompute(history: Path, archived: Path, tmp_path: Path, selection) -> Path:
+    """A fresh warehouse from a full load of ``history`` plus the archived landing file."""
+    full_landing = tmp_path / "full_landing"
+    full_landing.mkdir()
+    shutil.copy(archived, full_landing / "new_day.parquet")
+    full = tmp_path / "full.duckdb"
+    full_config = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"]}}}}
+    assert _run(history, full_landing, full, selection, full_config).success
+    return full
 
 
 @pytest.fixture
@@ -67,7 +79,7 @@ def test_one_new_day_upserted_gives_the_outputs_of_a_full_recompute(history_and_
     incremental = tmp_path / "incremental.duckdb"
     assert _run(history, landing, incremental, "*").success
     before = len(read_table(incremental, "purchases"))
-    ingest = _run(history, landing, incremental, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    ingest = _run(history, landing, incremental, DELTA_SELECTION, DELTA_CONFIG)
     assert ingest.success
     landed = [e for e in ingest.get_asset_materialization_events() if e.asset_key == dg.AssetKey(["audit", "purchases"])]
     assert landed[0].materialization.metadata["dagster/row_count"].value == len(new_day)  # the day only
@@ -82,12 +94,7 @@ def test_one_new_day_upserted_gives_the_outputs_of_a_full_recompute(history_and_
     # Publishing archived the file: its lines are part of every later full load.
     [archived] = (landing / "processed").glob("*__new_day.parquet")
     assert not (landing / "new_day.parquet").exists()
-    full_landing = tmp_path / "full_landing"
-    full_landing.mkdir()
-    shutil.copy(archived, full_landing / "new_day.parquet")
-    full = tmp_path / "full.duckdb"
-    full_config = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"]}}}}
-    assert _run(history, full_landing, full, "*", full_config).success
+    full = _full_recompute(history, archived, tmp_path, "*")
 
     for table, key in OUTPUTS.items():
         ours, theirs = read_table(incremental, table, order_by=key), read_table(full, table, order_by=key)
@@ -106,15 +113,10 @@ def test_an_increment_keeps_a_column_the_history_lacks_and_needs_no_source_file(
     incremental = tmp_path / "incremental.duckdb"
     assert _run(history, landing, incremental, "group:ingest").success
     assert read_table(incremental, "purchases")["channel"].isna().all()
-    assert _run(history, landing, incremental, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG).success
+    assert _run(history, landing, incremental, DELTA_SELECTION, DELTA_CONFIG).success
 
     [archived] = (landing / "processed").glob("*__new_day.parquet")
-    full_landing = tmp_path / "full_landing"
-    full_landing.mkdir()
-    shutil.copy(archived, full_landing / "new_day.parquet")
-    full = tmp_path / "full.duckdb"
-    full_config = {"ops": {"audit__purchases": {"config": {"landing_files": ["new_day.parquet"]}}}}
-    assert _run(history, full_landing, full, "group:ingest", full_config).success
+    full = _full_recompute(history, archived, tmp_path, "group:ingest")
     ours, theirs = read_table(incremental, "purchases", order_by="purchase_id"), read_table(full, "purchases", order_by="purchase_id")
     assert theirs["channel"].notna().any()
     pd.testing.assert_frame_equal(ours, theirs, obj="purchases")
@@ -122,7 +124,7 @@ def test_an_increment_keeps_a_column_the_history_lacks_and_needs_no_source_file(
     # An increment reads only its landing files: the history's source file need not be there.
     purchases.rename(tmp_path / "away.parquet")
     pd.read_parquet(archived).assign(purchase_id=lambda d: d["purchase_id"] + "_next").to_parquet(landing / "new_day.parquet")
-    assert _run(history, landing, incremental, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG).success
+    assert _run(history, landing, incremental, DELTA_SELECTION, DELTA_CONFIG).success
     (tmp_path / "away.parquet").rename(purchases)
     assert len(read_table(incremental, "purchases")) == len(read_table(full, "purchases")) + len(pd.read_parquet(archived))
 
@@ -136,7 +138,7 @@ def test_a_delta_that_fails_a_gate_publishes_nothing(history_and_new_day, tmp_pa
     broken = new_day.copy()
     broken["customer_id"] = "nobody"
     broken.to_parquet(landing / "new_day.parquet", index=False)
-    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    result = _run(history, landing, warehouse, DELTA_SELECTION, DELTA_CONFIG)
     assert not result.success
     [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == "referential_integrity"]
     assert not gate.passed and gate.metadata["failing_count"].value == len(new_day)
@@ -165,7 +167,7 @@ def test_a_customer_load_that_failed_its_gate_does_not_hold_back_increments(hist
     assert not contract.passed
     pd.testing.assert_frame_equal(read_table(warehouse, "customers", order_by="customer_id"), customers)
 
-    increment = _run(broken, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    increment = _run(broken, landing, warehouse, DELTA_SELECTION, DELTA_CONFIG)
     assert increment.success
     assert len(read_table(warehouse, "purchases")) == len(purchases) + len(new_day)
     pd.testing.assert_frame_equal(read_table(warehouse, "customers", order_by="customer_id"), customers)
@@ -174,7 +176,7 @@ def test_a_customer_load_that_failed_its_gate_does_not_hold_back_increments(hist
     new_day.assign(purchase_id=new_day["purchase_id"] + "_late", customer_id="late_customer").to_parquet(
         landing / "new_day.parquet", index=False
     )
-    refused = _run(broken, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    refused = _run(broken, landing, warehouse, DELTA_SELECTION, DELTA_CONFIG)
     assert not refused.success
     [gate] = [e for e in refused.get_asset_check_evaluations() if e.check_name == "referential_integrity"]
     assert not gate.passed and gate.metadata["failing_count"].value == len(new_day)
@@ -194,7 +196,7 @@ def test_an_increment_publishes_the_purchases_alone(history_and_new_day, tmp_pat
 def test_an_increment_before_any_publish_is_refused_with_a_reason(history_and_new_day, tmp_path: Path) -> None:
     history, landing, _ = history_and_new_day
     warehouse = tmp_path / "w.duckdb"
-    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")], DELTA_CONFIG)
+    result = _run(history, landing, warehouse, DELTA_SELECTION, DELTA_CONFIG)
     assert not result.success
     [gate] = [e for e in result.get_asset_check_evaluations() if e.check_name == "referential_integrity"]
     assert not gate.passed and "run a full load first" in gate.description
@@ -204,7 +206,7 @@ def test_a_full_load_cannot_be_published_in_part(history_and_new_day, tmp_path: 
     history, landing, _ = history_and_new_day
     warehouse = tmp_path / "w.duckdb"
     assert _run(history, landing, warehouse, "group:ingest").success
-    result = _run(history, landing, warehouse, [dg.AssetKey(["audit", "purchases"]), dg.AssetKey("purchases")])
+    result = _run(history, landing, warehouse, DELTA_SELECTION)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     description = failure.step_failure_data.user_failure_data.description

@@ -54,6 +54,7 @@ import duckdb
 from cross_sell import settings
 from cross_sell.serving import locations, roles
 from cross_sell.serving.semantic import MODEL, SemanticModel, View
+from cross_sell.warehouse import is_lock_error
 
 DEFAULT_PORT = 8765
 DEFAULT_LIMIT = 100
@@ -126,7 +127,7 @@ class Api:
         try:
             return roles.connect(self.role.name, self.warehouse)
         except duckdb.Error as exc:
-            if "lock" in str(exc).lower():
+            if is_lock_error(exc):
                 raise ApiError(
                     HTTPStatus.SERVICE_UNAVAILABLE,
                     f"the {self.role.name} database is locked by a process writing it (a refresh step, most likely); "
@@ -137,6 +138,10 @@ class Api:
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"the {self.role.name} database cannot be read ({type(exc).__name__}); rebuild the serving assets",
             ) from exc
+
+    def column_names(self, view: View) -> list[str]:
+        """The spec's columns of ``view`` as this role sees them (marketing: the masked names)."""
+        return roles.marketing_columns(view) if self.role.masked else [c.name for c in view.columns]
 
     def view(self, name: str) -> View:
         try:
@@ -165,7 +170,7 @@ def served_columns(api: Api, conn: duckdb.DuckDBPyConnection, view: View) -> dic
     """The spec's columns of ``view`` as this role sees them (masked names for marketing), in spec
     order, with their types in the database: only these are served, whatever else a file holds."""
     types = column_types(conn, api.role.schema, view)
-    names = [c.mask.masked_name(c.name) if api.role.masked and c.mask else c.name for c in view.columns]
+    names = api.column_names(view)
     missing = [n for n in names if n not in types]
     if missing:
         raise ApiError(
@@ -321,7 +326,7 @@ def describe(api: Api) -> list[dict[str, object]]:
         listed = []
         for view in api.model.views:
             types = column_types(conn, api.role.schema, view)
-            spec = [(c.mask.masked_name(c.name) if api.role.masked and c.mask else c.name, c) for c in view.columns]
+            spec = zip(api.column_names(view), view.columns)
             listed.append({
                 "name": view.name,
                 "kind": view.kind,
