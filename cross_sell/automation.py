@@ -3,7 +3,8 @@
 * ``daily_refresh_schedule``: the whole graph at 05:00 UTC, one hour before the 06:00 UTC
   deadline of the "product outputs ready" SLO (:mod:`cross_sell.slo`).
 * ``purchase_landing_sensor``: one ingest run per new purchase file in the landing folder
-  (:mod:`cross_sell.landing_files`); its cursor makes each file trigger exactly one run.
+  (:mod:`cross_sell.landing_files`); its cursor makes each file trigger exactly one run, and
+  another only if that run was cancelled before publishing or rejecting the file.
 * ``cross_sell_automation``: declarative automation. Every asset downstream of the published
   inputs refreshes after its upstream assets update, but never past a failed blocking check:
   ``eager()`` alone ignores check results, so it is combined with
@@ -32,6 +33,10 @@ INGEST_GROUP = "ingest"
 NOT_AUTOMATED_GROUPS = frozenset({INGEST_GROUP})
 LANDING_OP = PURCHASES.audit_key.to_python_identifier()
 LANDING_FILE_TAG = "cross_sell/landing_file"
+# The file version (name, size, modification time) a landing run was requested for, and, on a
+# request made again after a cancelled run, that run's id.
+LANDING_FINGERPRINT_TAG = "cross_sell/landing_fingerprint"
+LANDING_RETRY_TAG = "cross_sell/landing_retry_of"
 # Runs that rewrite the purchase input carry this tag; the instance runs at most one of them at a time.
 INGEST_TAG = "cross_sell/ingest"
 
@@ -79,15 +84,35 @@ daily_refresh_schedule = dg.ScheduleDefinition(
 )
 
 
+def cancelled_landing_runs(instance: dg.DagsterInstance, files: Sequence[landing_files.PendingFile]) -> dict[str, str]:
+    """Fingerprint -> run id, for the requested files whose latest landing run was cancelled."""
+    stopped = {}
+    for file in files:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={LANDING_FINGERPRINT_TAG: file.fingerprint}), limit=1)
+        if runs and runs[0].status == dg.DagsterRunStatus.CANCELED:
+            stopped[file.fingerprint] = runs[0].run_id
+    return stopped
+
+
 @dg.sensor(
     name="purchase_landing_sensor",
     job=landed_purchases_job,
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="One ingest run per new purchase file (CSV or Parquet) in the landing folder.",
+    description="One ingest run per new purchase file (CSV or Parquet) in the landing folder, and a "
+    "new one for a file whose run was cancelled before settling it.",
 )
-def purchase_landing_sensor(context: dg.SensorEvaluationContext, input_files: InputFiles) -> dg.SensorResult:
-    """Request one run per new file; the cursor remembers files already requested."""
+def purchase_landing_sensor(
+    context: dg.SensorEvaluationContext, input_files: InputFiles, duckdb: DuckDBResource
+) -> dg.SensorResult:
+    """Request one run per new file; the cursor remembers files already requested.
+
+    The landing folder is a queue: a file that waits in it has a run queued or in progress. A
+    run cancelled (or force-terminated after its process died) before it published or rejected
+    its file would break that, so the file is requested again. First, any file whose lines that
+    run did publish is archived (it must not be landed twice); this is the only time the sensor
+    opens the warehouse.
+    """
     landing_dir = input_files.landing_path()
     if landing_dir is None:
         return dg.SensorResult(skip_reason=dg.SkipReason("no landing folder configured"), cursor=context.cursor)
@@ -96,15 +121,27 @@ def purchase_landing_sensor(context: dg.SensorEvaluationContext, input_files: In
             skip_reason=dg.SkipReason(f"landing files hold canonical purchase lines; the input format is {input_files.input_format}"),
             cursor=context.cursor,
         )
-    tick = landing_files.next_tick(landing_dir, context.cursor)
+    stopped = cancelled_landing_runs(context.instance, landing_files.requested_waiting(landing_dir, context.cursor))
+    if stopped:
+        with alerts.connect_within(duckdb.database) as conn:
+            for item in landing_files.archive_published(conn, landing_dir, next(iter(stopped.values()))):
+                context.log.info(f"Landing file {item.file} was published before its run was cancelled: archived as {item.path}")
+    tick = landing_files.next_tick(landing_dir, context.cursor, again=frozenset(stopped))
     if not tick.new:
         return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}"), cursor=tick.cursor)
+    for file in tick.new:
+        if file.fingerprint in stopped:
+            context.log.warning(f"Landing file {file.name}: run {stopped[file.fingerprint]} was cancelled before settling it; requesting it again")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 run_key=landing_files.run_key(context.cursor, i, file),
                 run_config={"ops": {LANDING_OP: {"config": {"landing_files": [file.name], "delta": True}}}},
-                tags={LANDING_FILE_TAG: file.name},
+                tags={
+                    LANDING_FILE_TAG: file.name,
+                    LANDING_FINGERPRINT_TAG: file.fingerprint,
+                    **({LANDING_RETRY_TAG: stopped[file.fingerprint]} if file.fingerprint in stopped else {}),
+                },
             )
             for i, file in enumerate(tick.new)
         ],

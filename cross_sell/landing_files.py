@@ -5,7 +5,8 @@ Upstream systems drop extra purchase lines (the canonical purchase columns, as `
 ``data/landing``). The life of a file, every step recorded in ``audit.landing_files``:
 
 1. the landing sensor sees it and requests exactly one ingest run for it (its cursor remembers
-   the file's name, size and modification time);
+   the file's name, size and modification time), and a new one only if that run is cancelled
+   before it published or rejected the file;
 2. that run lands it into ``audit.purchases`` together with the source files and every file
    accepted before (status ``landed``), and the gates check the whole load;
 3. purchases published: in the publishing transaction itself the file is recorded ``published``
@@ -455,15 +456,29 @@ class LandingTick:
     cursor: str
 
 
-def next_tick(landing_dir: Path, cursor: str | None, min_age_seconds: float = MIN_AGE_SECONDS) -> LandingTick:
+def _cursor_state(cursor: str | None) -> dict:
+    return json.loads(cursor) if cursor else {"seq": 0, "requested": []}
+
+
+def requested_waiting(landing_dir: Path, cursor: str | None) -> list[PendingFile]:
+    """Files the sensor already requested a run for that still wait in the landing folder: their
+    run is queued or in progress, or it stopped without settling them (cancelled)."""
+    requested = set(_cursor_state(cursor)["requested"])
+    return [f for f in pending_files(landing_dir) if f.fingerprint in requested]
+
+
+def next_tick(
+    landing_dir: Path, cursor: str | None, min_age_seconds: float = MIN_AGE_SECONDS, again: frozenset[str] = frozenset()
+) -> LandingTick:
     """New files since the cursor, and the next cursor.
 
     The cursor holds the fingerprints of files already requested that still wait in the folder
     (so it stays small: a file leaves it once its run settled it) and a sequence number that makes
-    every run key unique, even for a file moved back into the folder unchanged.
+    every run key unique, even for a file moved back into the folder unchanged. Fingerprints in
+    ``again`` (requested files whose run was cancelled before settling them) are requested anew.
     """
-    state = json.loads(cursor) if cursor else {"seq": 0, "requested": []}
-    requested = set(state["requested"])
+    state = _cursor_state(cursor)
+    requested = set(state["requested"]) - again
     waiting = pending_files(landing_dir, min_age_seconds=0.0)
     present = {f.fingerprint for f in waiting}
     ready = {f.fingerprint for f in pending_files(landing_dir, min_age_seconds=min_age_seconds)}
@@ -474,7 +489,7 @@ def next_tick(landing_dir: Path, cursor: str | None, min_age_seconds: float = MI
 
 
 def run_key(cursor_before: str | None, index: int, file: PendingFile) -> str:
-    seq = json.loads(cursor_before)["seq"] if cursor_before else 0
+    seq = _cursor_state(cursor_before)["seq"]
     return f"landing:{seq + index + 1}:{file.fingerprint}"
 
 

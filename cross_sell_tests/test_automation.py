@@ -286,6 +286,66 @@ def test_a_file_published_by_a_later_run_is_archived_and_kept(env: Env) -> None:
     assert len(purchases) == 7 and purchases.loc["L1", "amount"] == 12 and purchases.loc["L7", "customer_id"] == "C4"
 
 
+def _cancelled_landing(env: Env, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """The requested run lands and gates its file, then is cancelled before publishing (the run
+    record is marked cancelled as the UI's force-termination does)."""
+    landed = env.materialize(["audit/purchases"], run_config=request.run_config, tags=request.tags)
+    assert landed.success
+    env.instance.report_run_canceled(landed.dagster_run)
+    assert env.instance.get_run_by_id(landed.run_id).status == dg.DagsterRunStatus.CANCELED
+    return landed
+
+
+def test_a_cancelled_landing_run_is_requested_again(env: Env) -> None:
+    """The landing folder is a queue: a file whose run was cancelled before settling it gets a
+    new run on the sensor's next tick, and only one."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    tick = env.landing_tick(None)
+    [request] = tick.run_requests
+    assert request.tags[automation.LANDING_FINGERPRINT_TAG].startswith("new.csv:")
+    landed = env.materialize(["audit/purchases"], run_config=request.run_config, tags=request.tags)
+    assert env.landing_tick(tick.cursor).run_requests == []  # its run ended normally: not requested again
+    env.instance.report_run_canceled(landed.dagster_run)
+
+    retry_tick = env.landing_tick(tick.cursor)
+    [retry] = retry_tick.run_requests
+    assert retry.tags[automation.LANDING_RETRY_TAG] == landed.run_id
+    assert retry.run_config == request.run_config and retry.run_key != request.run_key
+    result = env.run_job("ingest_landed_purchases", retry)
+    assert result.success
+    purchases = env.table("purchases", "purchase_id").set_index("purchase_id")
+    assert len(purchases) == 7 and purchases.loc["L1", "amount"] == 12
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "landed", "published", "accepted"]
+    assert log.run_id.tolist()[1:] == [result.run_id] * 3
+    after = env.landing_tick(retry_tick.cursor)
+    assert after.run_requests == [] and json.loads(after.cursor)["requested"] == []
+
+
+def test_a_cancelled_landing_run_whose_lines_were_published_is_archived_not_landed_again(env: Env) -> None:
+    """The cancelled run's lines were published (by a later run whose archiving failed): the
+    sensor archives the file instead of requesting a second landing of the same lines."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    tick = env.landing_tick(None)
+    landed = _cancelled_landing(env, tick.run_requests[0])
+    blocker = env.landing / landing_files.PROCESSED
+    blocker.write_text("a file where the archive folder should be")  # the publish step cannot archive
+    published = env.materialize(["purchases"])
+    assert not published.success and len(env.table("purchases")) == 7  # lines published, file still waiting
+    assert (env.landing / "new.csv").exists()
+    blocker.unlink()
+
+    after = env.landing_tick(tick.cursor)
+    assert after.run_requests == [] and json.loads(after.cursor)["requested"] == []
+    [archived] = (env.landing / landing_files.PROCESSED).iterdir()
+    assert archived.read_text() == HEADER + NEW_LINES
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "published", "accepted"]
+    assert log.run_id.tolist() == [landed.run_id, published.run_id, landed.run_id]
+
+
 def test_a_file_rejected_before_its_retried_publish_is_taken_back(env: Env) -> None:
     """The landing run failed after its gates passed (here: its publish was refused for selecting
     too much), so the failure sensor rejected the file; a retry publishes the purchases. The file
