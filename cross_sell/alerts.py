@@ -48,16 +48,28 @@ class Alert:
         return f"Run {self.run_id} ({self.job_name}) failed in {where}{gate}{files}: {self.message}"
 
 
-def failed_gates_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[str]]:
+@dataclass(frozen=True)
+class FailedGate:
+    """A failed blocking check: ``<asset>:<check>`` and what it found (rule, column, count)."""
+
+    name: str
+    finding: str | None
+
+    def text(self) -> str:
+        return f"{self.name}: {self.finding}" if self.finding else self.name
+
+
+def failed_gates_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[FailedGate]]:
     """Failed ERROR-severity check evaluations of a run, by the step that produced them."""
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
-    gates: dict[str, list[str]] = {}
+    gates: dict[str, list[FailedGate]] = {}
     for record in records:
         event = record.event_log_entry.dagster_event
         evaluation = event.asset_check_evaluation_data
         if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR:
             name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            gates.setdefault(event.step_key or "", []).append(name)
+            finding = (evaluation.description or "").strip() or None
+            gates.setdefault(event.step_key or "", []).append(FailedGate(name, finding))
     return gates
 
 
@@ -85,18 +97,22 @@ def describe_failure(
     step_failures: Sequence[dg.DagsterEvent],
     landing_files: Sequence[str] = (),
 ) -> list[Alert]:
-    """One alert per failed step, naming the gate when a failed gate made the step fail."""
+    """One alert per failed step, naming the gate when a failed gate made the step fail. The
+    message of a gate's failure is what the gate found (its rule, column and count), not Dagster's
+    "blocking asset check failed"."""
     gates = failed_gates_by_step(instance, run.run_id)
     alerts = []
     for event in step_failures:
-        message = failure_message(event)[:MAX_MESSAGE]
         step_gates = gates.get(event.step_key or "", [])
+        message = "; ".join(g.text() for g in step_gates) if step_gates else failure_message(event)
         alerts.append(
-            Alert(run.run_id, run.job_name, event.step_key, ", ".join(step_gates) or None, message, tuple(landing_files))
+            Alert(run.run_id, run.job_name, event.step_key, ", ".join(g.name for g in step_gates) or None,
+                  message[:MAX_MESSAGE], tuple(landing_files))
         )
     if not alerts:  # the run failed outside any step (e.g. it could not start)
-        gate = ", ".join(g for names in gates.values() for g in names) or None
-        alerts.append(Alert(run.run_id, run.job_name, None, gate, "run failed", tuple(landing_files)))
+        failed = [g for found in gates.values() for g in found]
+        alerts.append(Alert(run.run_id, run.job_name, None, ", ".join(g.name for g in failed) or None,
+                            "; ".join(g.text() for g in failed)[:MAX_MESSAGE] or "run failed", tuple(landing_files)))
     return alerts
 
 

@@ -121,6 +121,17 @@ def purchase_landing_sensor(
             skip_reason=dg.SkipReason(f"landing files hold canonical purchase lines; the input format is {input_files.input_format}"),
             cursor=context.cursor,
         )
+    if context.instance.get_latest_materialization_event(dg.AssetKey(PURCHASES.table)) is None:
+        # An increment adds to published purchases; before the first full load its gate would
+        # reject the file. It waits instead, and is requested once purchases are published.
+        waiting = len(landing_files.pending_files(landing_dir))
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(
+                f"{waiting} file(s) in {landing_dir} wait for the first full load: purchases were never "
+                f"published on this instance (run {daily_refresh_job.name}, or wait for its schedule)"
+            ),
+            cursor=context.cursor,
+        )
     stopped = cancelled_landing_runs(context.instance, landing_files.requested_waiting(landing_dir, context.cursor))
     if stopped:
         with alerts.connect_within(duckdb.database) as conn:
@@ -181,11 +192,13 @@ def run_failure_alert_sensor(
     with alerts.connect_within(duckdb.database) as conn:
         written = alerts.write_alerts(conn, found)
         if names and landing_dir is not None:
-            gates = sorted({a.gate for a in found if a.gate})
-            reason = f"gate failed: {', '.join(gates)}" if gates else f"run failed: {found[0].message}"
+            gated = [a for a in found if a.gate]
+            reason = (
+                "gate failed: " + "; ".join(a.message for a in gated) if gated else f"run failed: {found[0].message}"
+            )
             # Files whose lines were published (by this run or any other) are archived, the rest rejected.
             settled = landing_files.archive_published(conn, landing_dir, run.run_id)
-            settled += landing_files.reject(conn, landing_dir, names, run.run_id, reason[:500])
+            settled += landing_files.reject(conn, landing_dir, names, run.run_id, reason[:1000])
     for alert in found:
         context.log.error(alert.text() if written else f"(already alerted) {alert.text()}")
     for item in settled:

@@ -137,7 +137,15 @@ def env(tmp_path: Path, tiny_data: Path, warehouse_path: Path) -> Iterator[Env]:
 
 
 def test_landing_sensor_requests_each_file_exactly_once(env: Env) -> None:
-    first = env.landing_tick(None)
+    # Before the first full load a file waits (an increment adds to published purchases).
+    drop(env.landing, "a.csv", HEADER + NEW_LINES)
+    before = env.landing_tick(None)
+    assert before.run_requests == [] and "1 file(s)" in before.skip_message
+    assert "wait for the first full load" in before.skip_message and (env.landing / "a.csv").exists()
+    (env.landing / "a.csv").unlink()
+    assert env.materialize(INGEST_GROUP).success
+
+    first = env.landing_tick(before.cursor)
     assert first.run_requests == [] and first.skip_message  # empty folder: nothing to do
 
     drop(env.landing, "a.csv", HEADER + NEW_LINES)
