@@ -253,6 +253,12 @@ def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -
     assert alerts.failed_step.tolist() == ["audit__purchases_contract", "audit__purchases_referential_integrity"]
     assert alerts.gate.tolist() == ["audit/purchases:contract", "audit/purchases:referential_integrity"]
     assert (alerts.landing_files == "bad.csv").all()
+    # What each gate found, not Dagster's "blocking asset check failed": rule, column, count.
+    assert alerts.message.tolist() == [
+        "audit/purchases:contract: contract purchase failed (1 rows checked): validity:greater_than(0) on quantity: 1",
+        "audit/purchases:referential_integrity: contract purchase_references failed (1 rows checked): "
+        "referential_integrity:exists_in_customer on customer_id: 1",
+    ]
 
     # The file is kept, byte for byte, under rejected/, and the log says why.
     assert not path.exists()
@@ -260,7 +266,8 @@ def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -
     assert rejected.read_text() == HEADER + BAD_LINES
     log = env.table("audit.landing_files", "recorded_at")
     assert log.status.tolist() == ["landed", "rejected"]
-    assert "audit/purchases:contract" in log.detail.iloc[-1]
+    assert log.detail.iloc[-1].startswith("gate failed: audit/purchases:contract: contract purchase failed")
+    assert "exists_in_customer on customer_id: 1" in log.detail.iloc[-1]
 
     env.failure_sensor(result)  # a retried sensor tick alerts once only
     assert len(env.table("audit.run_alerts")) == 2
