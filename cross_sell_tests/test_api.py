@@ -19,7 +19,7 @@ import duckdb
 import pytest
 
 from cross_sell.definitions import ASSETS, CHECKS
-from cross_sell.serving import roles
+from cross_sell.serving import locations, roles
 from cross_sell.serving.api import MAX_LIMIT, Api
 from cross_sell.serving.semantic import MODEL
 from cross_sell_tests.conftest import PROJECT_ROOT, make_resources
@@ -46,10 +46,11 @@ class Server:
             return Reply(error.code, json.load(error), dict(error.headers))
 
 
-def _start(warehouse: Path, role: str) -> Server:
+def _start(warehouse: Path, role: str, env: dict[str, str] | None = None) -> Server:
     process = subprocess.Popen(
         [sys.executable, "-m", "cross_sell.serving.api", "--role", role, "--port", "0", "--warehouse", str(warehouse)],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, **(env or {})},
     )
     line = process.stdout.readline()
     assert "http://" in line, line
@@ -293,3 +294,29 @@ def test_serving_never_holds_up_a_refresh(tmp_path: Path, generated_data: Path) 
     finally:
         _stop(marketing_api)
         _stop(analyst_api)
+
+
+def test_a_warehouse_named_on_the_command_line_is_served_with_its_own_files(warehouse: Path, tmp_path: Path) -> None:
+    """The environment configures another data product (its warehouse, marketing database and
+    export folder): ``--warehouse`` still serves this warehouse's own marketing database and
+    manifest, never a mix of the two."""
+    other = tmp_path / "other"
+    env = {
+        "CROSS_SELL_DUCKDB_PATH": str(other / "cross_sell.duckdb"),
+        locations.MARKETING_DB_ENV: str(other / "marketing.duckdb"),
+        locations.EXPORT_DIR_ENV: str(other / "exports"),
+    }
+    server = _start(warehouse, roles.MARKETING, env)
+    try:
+        assert server.get("/health").body["database"] == str(warehouse.parent / locations.MARKETING_DB_NAME)
+        manifest = server.get("/manifest")
+        assert manifest.status == 200 and manifest.body["name"] == "cross_sell"
+    finally:
+        _stop(server)
+    # For the configured warehouse itself, the variables do move the files.
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {**env, "CROSS_SELL_DUCKDB_PATH": str(warehouse)}.items():
+            mp.setenv(name, value)
+        assert locations.marketing_database(warehouse) == other / "marketing.duckdb"
+        assert locations.export_dir(warehouse) == other / "exports"
+        assert locations.export_dir(other / "cross_sell.duckdb") == other / locations.EXPORT_DIR_NAME

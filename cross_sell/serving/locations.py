@@ -6,6 +6,11 @@ warehouse file by default (``data/warehouse/`` for the default warehouse):
 * ``cross_sell_marketing.duckdb``: the masked database of the marketing role;
 * ``exports/``: Parquet files, their index, the manifest (``data_product.yaml``) and the semantic
   model reference page.
+
+``$CROSS_SELL_EXPORT_DIR`` and ``$CROSS_SELL_MARKETING_DUCKDB_PATH`` move these for the configured
+warehouse (``$CROSS_SELL_DUCKDB_PATH``) only. Any other warehouse (the API's ``--warehouse``, a
+benchmark's or a test's) serves from beside its own file, so one process never pairs one data
+product's tables with another's marketing database or manifest.
 """
 
 from __future__ import annotations
@@ -29,19 +34,24 @@ def _warehouse_file(warehouse: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _from_env(name: str) -> Path | None:
+def _configured(name: str, warehouse: Path) -> Path | None:
+    """The location ``$name`` sets, if set and ``warehouse`` is the configured warehouse."""
     value = os.environ.get(name)
-    if not value:
+    if not value or warehouse.resolve() != settings.duckdb_path().resolve():
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else settings.project_root() / path
 
 
 def export_dir(warehouse: str | os.PathLike[str]) -> Path:
-    """``$CROSS_SELL_EXPORT_DIR``, else an ``exports`` folder beside the warehouse file."""
-    return _from_env(EXPORT_DIR_ENV) or _warehouse_file(warehouse).parent / EXPORT_DIR_NAME
+    """``$CROSS_SELL_EXPORT_DIR`` for the configured warehouse, else an ``exports`` folder beside
+    the warehouse file."""
+    path = _warehouse_file(warehouse)
+    return _configured(EXPORT_DIR_ENV, path) or path.parent / EXPORT_DIR_NAME
 
 
 def marketing_database(warehouse: str | os.PathLike[str]) -> Path:
-    """``$CROSS_SELL_MARKETING_DUCKDB_PATH``, else ``cross_sell_marketing.duckdb`` beside the warehouse."""
-    return _from_env(MARKETING_DB_ENV) or _warehouse_file(warehouse).parent / MARKETING_DB_NAME
+    """``$CROSS_SELL_MARKETING_DUCKDB_PATH`` for the configured warehouse, else
+    ``cross_sell_marketing.duckdb`` beside the warehouse file."""
+    path = _warehouse_file(warehouse)
+    return _configured(MARKETING_DB_ENV, path) or path.parent / MARKETING_DB_NAME
