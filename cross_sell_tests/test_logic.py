@@ -145,5 +145,5 @@ def test_reasons_name_the_rule_or_popularity() -> None:
     lift = np.array([[0.0, 1.25], [1.8, 0.0]])
     texts = reason_texts(categories, lift, np.array([0.5, 0.25]))
     codes = reason_codes(np.array([1, NO_RULE]), np.array([0, 1]), 2)
-    assert texts[codes[0]] == "bought Wines; Wines \u2192 Meat, lift 1.8"
+    assert texts[codes[0]] == "bought Wines; Wines \u2192 Meat, lift 1.80"
     assert texts[codes[1]] == "popular: 25% of customers buy Wines"

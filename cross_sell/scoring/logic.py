@@ -110,10 +110,10 @@ def reason_texts(categories: list[str], lift: np.ndarray, base_rate: np.ndarray)
     """All possible reasons, indexed ``a * k + b`` for rule a -> b and ``k * k + b`` for popularity b."""
     k = len(categories)
     texts = [
-        f"bought {categories[a]}; {categories[a]} \u2192 {categories[b]}, lift {lift[a, b]:.1f}"
+        f"bought {categories[a]}; {categories[a]} \u2192 {categories[b]}, lift {lift[a, b]:.2f}"
         for a in range(k) for b in range(k)
     ]
-    texts += [f"popular: {base_rate[b]:.0%} of customers buy {categories[b]}" for b in range(k)]
+    texts += [f"popular: {_percent(base_rate[b])} of customers buy {categories[b]}" for b in range(k)]
     return texts
 
 
@@ -192,7 +192,10 @@ def reason_rules_at(owned: np.ndarray, lift: np.ndarray, ci: np.ndarray, ki: np.
 
 
 def _percent(value: float) -> str:
-    return "<1%" if value < 0.005 else f"{value:.0%}"
+    """A share in whole percent that never rounds to 0% above none, nor to 100% below all."""
+    if value < 0.005:
+        return "<1%"
+    return ">99%" if 0.995 <= value < 1 else f"{value:.0%}"
 
 
 def recommendation_reasons(
@@ -211,7 +214,9 @@ def recommendation_reasons(
     Texts are built once per distinct (rule, category, whole percent), never per row."""
     k = len(categories)
     rule_code = reason_codes(antecedent, category, k).astype(np.int64)
-    percent = np.clip(np.rint(np.asarray(score) * 100), 0, 100).astype(np.int64)
+    score = np.asarray(score)
+    # Whole percents; a probability below 1 never shows as 100%.
+    percent = np.where(score < 1, np.clip(np.rint(score * 100), 0, 99), 100).astype(np.int64)
     # The codes are bounded ((k * k + k) * 101 of them), so the distinct ones and each row's index
     # among them come from a table of which codes occur, not from sorting millions of rows.
     code = rule_code * 101 + percent
