@@ -134,15 +134,16 @@ def _run_row(which: str, record) -> dict:
 
 
 def _duration_text(run) -> str:
-    """A run's duration, or, for one still going (the run this report is part of, when it also
-    refreshed the scores), that it has not finished and since when."""
+    """A run's duration, or, for one still going, that it has not finished and since when."""
     if pd.notna(run.duration_s):
         return f"{run.duration_s} s ({run.status}, {run.job})"
-    return f"not finished: {run.status} since {run.started} ({run.job}; this report may be part of it)"
+    return f"not finished: {run.status} since {run.started} ({run.job})"
 
 
-def run_slis(instance: dg.DagsterInstance) -> pd.DataFrame:
-    """The latest finished run, and the run that produced the current cross_sell_scores."""
+def run_slis(instance: dg.DagsterInstance, own_run_id: str | None = None) -> pd.DataFrame:
+    """The latest finished run, and the run that produced the current cross_sell_scores (which,
+    when the report is written by the run that also refreshed the scores, is that run, still
+    going: it says so)."""
     rows = []
     latest = instance.get_run_records(filters=dg.RunsFilter(statuses=FINISHED), limit=1)
     if latest:
@@ -150,7 +151,8 @@ def run_slis(instance: dg.DagsterInstance) -> pd.DataFrame:
     event = instance.get_latest_materialization_event(dg.AssetKey("cross_sell_scores"))
     record = instance.get_run_record_by_id(event.run_id) if event and event.run_id else None
     if record is not None:
-        rows.append(_run_row("run behind the current cross_sell_scores", record))
+        own = record.dagster_run.run_id == own_run_id
+        rows.append(_run_row("run behind the current cross_sell_scores" + (" (this report's own run)" if own else ""), record))
     return pd.DataFrame(rows, columns=["run", "run_id", "job", "status", "started", "duration_s"])
 
 
@@ -328,19 +330,22 @@ def build_report(
     conn: duckdb.DuckDBPyConnection | None,
     gates: Sequence[dg.AssetCheckKey],
     now: float | None = None,
+    own_run_id: str | None = None,
 ) -> SloReport:
     now = time.time() if now is None else now
     return SloReport(
         generated_at=_utc(now),
         freshness=freshness_slis(instance, now),
         gates=gate_slis(instance, gates, now),
-        runs=run_slis(instance),
+        runs=run_slis(instance, own_run_id),
         inputs=input_slis(conn),
     )
 
 
-# The report follows every output of the product: the assets with an SLO, and the key customer metrics.
-REPORT_DEPS = [*(a for s in slo.FRESHNESS_SLOS for a in s.assets), "customer_metrics"]
+# The report follows every output of the product: the assets with an SLO, the key customer
+# metrics, and the manifest, the last serving asset, so that in a whole-graph run every gate of the
+# run (the serving ones included) has been evaluated before the report counts them.
+REPORT_DEPS = [*(a for s in slo.FRESHNESS_SLOS for a in s.assets), "customer_metrics", "data_product_manifest"]
 
 
 @dg.asset(
@@ -358,7 +363,7 @@ def slo_report(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.
     the last runs took, and how many rows each input holds. Consumers check it before trusting
     the outputs; the team watches it to keep the SLOs."""
     with connect(duckdb) as conn:
-        report = build_report(context.instance, conn, project_gate_keys())
+        report = build_report(context.instance, conn, project_gate_keys(), own_run_id=context.run.run_id)
     with connect(duckdb) as conn:
         replace_with_frame(conn, "slo_report", report.sli_rows())
     return dg.MaterializeResult(
