@@ -57,7 +57,8 @@ class Customer(pa.DataFrameModel):
     education: Series[str] = pa.Field(required=False, nullable=True, description="Highest education level, free text.")
     marital_status: Series[str] = pa.Field(required=False, nullable=True, description="Marital status, free text.")
     income: Series[float] = pa.Field(
-        required=False, nullable=True, ge=0, description="Yearly household income in the shop currency; >= 0 when known."
+        required=False, nullable=True, ge=0, metadata={"pii": True},
+        description="Yearly household income in the shop currency; >= 0 when known (PII).",
     )
     country: Series[str] = pa.Field(required=False, nullable=True, description="Country of residence (ISO-3166 alpha-2).")
     signup_date: Series[pandas_engine.DateTime] = pa.Field(
