@@ -15,6 +15,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from dagster_duckdb import DuckDBResource
 
 from cross_sell.definitions import ASSETS, CHECKS
@@ -160,6 +161,16 @@ def test_spend_summary_runs_the_whole_graph_on_the_published_file(tmp_path: Path
     assert len(read_table(warehouse, "product_affinity where level = 'category'")) == 30  # every ordered pair of 6
     model = materialization_metadata(result, "cross_sell_model")
     assert model["strategy"].value == "cross_sectional"
+
+    # The manifest tells consumers what the outputs stand on: the metrics this format cannot
+    # give (null for everyone) and why, and that the scores come from the cross-sectional fallback.
+    data = yaml.safe_load((warehouse.parent / "exports" / "data_product.yaml").read_text())["data"]
+    assert data["input_format"] == "spend_summary"
+    assert set(data["unavailable_metrics"]) == {"orders", "purchase_frequency", "avg_order_value", "recency_days", "clv"}
+    assert data["unavailable_metrics"]["clv"].startswith("the inputs have no orders")
+    assert str(data["as_of"]).startswith("2014-06-29")
+    assert data["model"]["strategy"] == "cross_sectional" and "purchase dates span 0.0 days" in data["model"]["fallback_reason"]
+    assert "cutoff" not in data["model"]
 
 
 def test_a_bad_spend_value_blocks_publishing_and_names_the_column(tmp_path: Path) -> None:

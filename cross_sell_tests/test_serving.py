@@ -591,6 +591,12 @@ def test_manifest_describes_the_product(tiny: Served) -> None:
     # Every personal column the marketing role masks, direct identifiers and income alike.
     assert customers["pii_columns"] == ["first_name", "last_name", "email", "phone", "birth_year", "income"]
     assert customers["source"].endswith("customer.csv")
+    data = manifest["data"]
+    assert data["input_format"] == "canonical" and data["unavailable_metrics"] == {}
+    with duckdb.connect(str(tiny.warehouse), read_only=True) as conn:
+        assert data["as_of"] == conn.execute("select max(purchase_date) from purchases").fetchone()[0].isoformat()
+        version, strategy = conn.execute("select version, strategy from model_registry where is_current").fetchone()
+    assert data["model"]["version"] == version and data["model"]["strategy"] == strategy
     tables = {t["name"]: t for t in manifest["outputs"]["tables"]}
     with duckdb.connect(str(tiny.warehouse), read_only=True) as conn:
         for name in ("customer_metrics", "product_affinity", "cross_sell_scores", "cross_sell_recommendations"):

@@ -297,6 +297,7 @@ def data_product_manifest(context: dg.AssetExecutionContext, duckdb: DuckDBResou
         inputs, output_tables = mf.catalog(repository, conn)
         views = mf.views_section(conn)
         gates = mf.gate_history(conn)
+        data = mf.data_section(conn)
     checks = mf.latest_check_results(context.instance, repository)
     manifest = mf.build_manifest(
         warehouse=warehouse,
@@ -305,6 +306,7 @@ def data_product_manifest(context: dg.AssetExecutionContext, duckdb: DuckDBResou
         inputs=inputs,
         output_tables=output_tables,
         views=views,
+        data=data,
         marketing_tables=_marketing_counts(marketing),
         export_index=ex.read_index(out),
         slos=mf.slo_section(repository),

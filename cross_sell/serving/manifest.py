@@ -32,6 +32,8 @@ import duckdb
 import yaml
 
 from cross_sell import __version__
+from cross_sell.ingest.formats import published_capabilities
+from cross_sell.metrics.logic import unavailable_metrics
 from cross_sell.serving import api, locations
 from cross_sell.serving import exports as exports_module
 from cross_sell.serving.roles import ROLES, marketing_columns
@@ -185,6 +187,32 @@ def catalog(repository: dg.RepositoryDefinition, conn: duckdb.DuckDBPyConnection
                 entry.update(table=f"main.{table}", rows=rows)
             outputs.append(entry)
     return inputs, outputs
+
+
+def data_section(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """What the outputs stand on, for readers who must not misread them: the input format, the
+    metrics it cannot give (null for every customer, and why), the as-of date of the metrics, and
+    how the current model was trained (a time split, whose scores speak of a purchase window, or
+    the cross-sectional fallback, whose scores do not)."""
+    input_format, caps = published_capabilities(conn)
+    section: dict[str, Any] = {
+        "input_format": input_format,
+        "unavailable_metrics": unavailable_metrics(caps),
+        "as_of": None,
+        "model": None,
+    }
+    if _table_rows(conn, "main", "purchases") is not None:
+        section["as_of"] = conn.execute("select max(purchase_date) from main.purchases").fetchone()[0]
+    if _table_rows(conn, "main", "model_registry"):
+        row = conn.execute(
+            """select version, strategy, estimator, cutoff, newest_purchase, label_window_days,
+                      json_extract_string(metadata, '$.fallback_reason')
+               from main.model_registry where is_current"""
+        ).fetchone()
+        if row is not None:
+            names = ("version", "strategy", "estimator", "cutoff", "newest_purchase", "label_window_days", "fallback_reason")
+            section["model"] = {k: v for k, v in zip(names, row) if v is not None}
+    return section
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,6 +373,7 @@ def build_manifest(
     inputs: list[dict],
     output_tables: list[dict],
     views: list[dict],
+    data: dict | None = None,
     marketing_tables: dict[str, int],
     export_index: dict,
     slos: dict,
@@ -368,6 +397,7 @@ def build_manifest(
             "generated_at": datetime.now(timezone.utc),
             "run_id": run_id,
             "inputs": inputs,
+            "data": data or {},
             "outputs": {
                 "tables": output_tables,
                 "views": views,
