@@ -213,6 +213,18 @@ def test_a_bad_request_is_refused_with_a_reason(marketing: Server, path: str, st
     assert reply.status == status and says in reply.body["error"]
 
 
+def test_a_band_filter_takes_only_the_bands(marketing: Server, warehouse: Path) -> None:
+    """"150k+" sent unencoded arrives as "150k " and would silently match nothing: refused, with
+    the bands; encoded, it filters like SQL."""
+    wrong = marketing.get("/views/customer?income_band=150k+")
+    assert wrong.status == 400 and "'150k ' is not one of its values" in wrong.body["error"]
+    assert "150k+" in wrong.body["values"] and "unknown" in wrong.body["values"]
+    served = marketing.get(f"/views/customer?income_band=150k%2B&limit={MAX_LIMIT}").body["rows"]
+    expected = _sql(warehouse, "marketing", "select count(*) as n from customer where income_band = '150k+'")[0]["n"]
+    assert expected > 0 and len(served) == expected
+    assert marketing.get("/views/customer?age_band=99").status == 400
+
+
 def test_integer_filters_compare_as_numbers_not_rounded(marketing: Server) -> None:
     assert marketing.get("/views/total_spend?orders=2.5").body["rows"] == []
     bounded = marketing.get(f"/views/total_spend?max_orders=1.5&limit={MAX_LIMIT}").body["rows"]

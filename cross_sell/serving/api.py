@@ -143,6 +143,12 @@ class Api:
         """The spec's columns of ``view`` as this role sees them (marketing: the masked names)."""
         return roles.marketing_columns(view) if self.role.masked else [c.name for c in view.columns]
 
+    def fixed_values(self, view: View) -> dict[str, list[str]]:
+        """Columns this role sees as a fixed list of labels (the marketing role's bands), by name."""
+        if not self.role.masked:
+            return {}
+        return {c.mask.masked_name(c.name): c.mask.labels() for c in view.columns if c.mask and c.mask.labels()}
+
     def view(self, name: str) -> View:
         try:
             return self.model.view(name)
@@ -205,12 +211,14 @@ def _count(query: Mapping[str, list[str]], name: str, default: int, smallest: in
 
 
 def rows_sql(
-    schema: str, view: View, types: Mapping[str, str], query: Mapping[str, list[str]]
+    schema: str, view: View, types: Mapping[str, str], query: Mapping[str, list[str]],
+    fixed_values: Mapping[str, list[str]] | None = None,
 ) -> tuple[str, list[object], int, int]:
     """The SELECT for one page of ``view`` (``types``: the columns to serve) under the request's
     ``query`` (name -> values), its parameters, the limit and the offset. A name that is a column
-    filters on equality even when it starts with ``min_`` or ``max_``. Raises :class:`ApiError` on
-    anything it cannot serve."""
+    filters on equality even when it starts with ``min_`` or ``max_``; a column with
+    ``fixed_values`` (a band) takes only those. Raises :class:`ApiError` on anything it cannot serve."""
+    fixed_values = fixed_values or {}
     where: list[str] = []
     params: list[object] = []
     for name, values in query.items():
@@ -225,6 +233,13 @@ def rows_sql(
             )
         if any(value == "" for value in values):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"{name}: give a value")
+        unknown = [v for v in values if column in fixed_values and not bound and v not in fixed_values[column]]
+        if unknown:  # e.g. "150k+" sent unencoded arrives as "150k " and would match nothing, silently
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST,
+                f"{name}: {unknown[0]!r} is not one of its values (URL-encode '+' as %2B)",
+                values=fixed_values[column],
+            )
         # Integer columns compare as numbers: cast to the column's type, 2.5 would round to 3.
         cast = f"cast(? as {'DOUBLE' if types[column].startswith(INTEGER_TYPES) else types[column]})"
         if bound:
@@ -276,7 +291,7 @@ def read_view(api: Api, name: str, query: Mapping[str, list[str]]) -> Page:
     conn = api.connect()
     try:
         schema = api.role.schema
-        sql, params, limit, offset = rows_sql(schema, view, served_columns(api, conn, view), query)
+        sql, params, limit, offset = rows_sql(schema, view, served_columns(api, conn, view), query, api.fixed_values(view))
         try:
             rows = _records(conn.execute(sql, params))
         except duckdb.ConversionException as exc:

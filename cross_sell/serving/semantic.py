@@ -51,6 +51,12 @@ class Mask(Enum):
             Mask.AGE_BAND: "age_band",
         }[self]
 
+    def labels(self) -> list[str] | None:
+        """Every value a band shows (None for the masks whose values are not a fixed list)."""
+        if self is Mask.INCOME_BAND:
+            return income_band_labels()
+        return age_band_labels() if self is Mask.AGE_BAND else None
+
     def explain(self) -> str:
         if self is Mask.HASH:
             return (
