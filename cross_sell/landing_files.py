@@ -61,6 +61,7 @@ PROCESSED = "processed"
 REJECTED = "rejected"
 LOG_TABLE = "landing_files"
 LANDED, PUBLISHED, ACCEPTED, REJECTED_STATUS = "landed", "published", "accepted", "rejected"
+WITHDRAWN = "withdrawn"  # accepted, then its archive was missing and a full load dropped it on purpose
 # A file younger than this may still be being written; the sensor looks again on its next tick.
 MIN_AGE_SECONDS = 2.0
 KEY_COLUMN = "purchase_id"
@@ -69,7 +70,7 @@ LOG_COLUMNS = (
     ColumnDef("file", "varchar", "The file's name in the landing folder."),
     ColumnDef("sha256", "varchar", "SHA-256 of the file's bytes: the same name with other contents is another file."),
     ColumnDef("rows", "bigint", "Purchase lines read from the file."),
-    ColumnDef("status", "varchar", "landed (gates pending), published (its lines are in the published purchases; archiving pending), accepted (published and archived) or rejected (a gate failed)."),
+    ColumnDef("status", "varchar", "landed (gates pending), published (its lines are in the published purchases; archiving pending), accepted (published and archived), rejected (a gate failed) or withdrawn (its archive went missing and a full load dropped its lines on purpose)."),
     ColumnDef("run_id", "varchar", "The Dagster run that recorded this status."),
     ColumnDef("recorded_at", "timestamp", "When the status was recorded (UTC)."),
     ColumnDef("path", "varchar", "Where the file was then: the landing folder, or the archive folder it was moved to."),
@@ -85,6 +86,22 @@ create table if not exists {AUDIT_SCHEMA}.{LOG_TABLE} (
 
 class LandingFileError(ValueError):
     """A landing file named in a run does not exist or is not a plain file in the landing folder."""
+
+
+class AcceptedFilesMissingError(LandingFileError):
+    """Files this warehouse accepted are not in the landing folder's archive: a full load without
+    them would silently drop their published lines."""
+
+    def __init__(self, missing: list[str], archive: Path):
+        self.missing = missing
+        self.archive = archive
+        super().__init__(
+            f"{len(missing)} accepted landing file(s) are not in {archive}: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}. A full load without them would drop their published "
+            "purchase lines. Point CROSS_SELL_LANDING_DIR at the landing folder that holds processed/ "
+            "(or put the files back); to drop their lines on purpose, run the load once with "
+            "config withdraw_missing_landing_files: true on audit/purchases"
+        )
 
 
 @dataclass(frozen=True)
@@ -119,29 +136,49 @@ def pending_files(landing_dir: Path, min_age_seconds: float = 0.0, now: float | 
     return sorted(found, key=lambda f: (f.mtime_ns, f.name))
 
 
-def accepted_files(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None) -> list[Path]:
+def _accepted_rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    """(file, sha256, archive path) of every file version whose latest status is ``accepted``, in
+    the order their lines were published."""
+    ensure_log(conn)
+    return conn.execute(
+        f"""with latest as (
+                select file, sha256, arg_max(status, recorded_at) as status from {AUDIT_SCHEMA}.{LOG_TABLE}
+                group by file, sha256)
+            select a.file, a.sha256, a.path from {AUDIT_SCHEMA}.{LOG_TABLE} a
+            join latest l on l.file = a.file and l.sha256 = a.sha256 and l.status = ?
+            left join {AUDIT_SCHEMA}.{LOG_TABLE} p on p.status = ? and p.file = a.file and p.sha256 = a.sha256
+                 and p.recorded_at <= a.recorded_at
+            where a.status = ? and a.path is not null
+            group by a.file, a.sha256, a.path, a.recorded_at
+            order by coalesce(max(p.recorded_at), a.recorded_at), a.path""",
+        [ACCEPTED, PUBLISHED, ACCEPTED],
+    ).fetchall()
+
+
+def accepted_files(
+    conn: duckdb.DuckDBPyConnection, landing_dir: Path | None, *, withdraw_missing: bool = False, run_id: str = ""
+) -> list[Path]:
     """The files this warehouse accepted, in the order their lines were published (a later file
     wins a purchase_id). Only those its own log records as accepted: a landing folder shared with
     another warehouse (another dataset, a test copy) holds archives that are not this product's
-    lines. Matched by archive name, unique per file, so a moved landing folder still works; an
-    accepted file removed from the archive is no longer part of the input."""
-    if landing_dir is None or not (landing_dir / PROCESSED).is_dir():
+    lines. Matched by archive name, unique per file, so a moved landing folder still works.
+
+    An accepted file that is not in the archive (another landing folder configured, the archive
+    cleaned up) raises :class:`AcceptedFilesMissingError`: a full load without it would drop its
+    published lines silently. With ``withdraw_missing`` such files are recorded ``withdrawn``
+    instead, and are no longer part of the input."""
+    rows = _accepted_rows(conn)
+    if not rows:
         return []
-    ensure_log(conn)
-    ordered = [
-        Path(path).name
-        for (path,) in conn.execute(
-            f"""select a.path from {AUDIT_SCHEMA}.{LOG_TABLE} a
-                left join {AUDIT_SCHEMA}.{LOG_TABLE} p on p.status = ? and p.file = a.file and p.sha256 = a.sha256
-                     and p.recorded_at <= a.recorded_at
-                where a.status = ? and a.path is not null
-                group by a.path, a.recorded_at
-                order by coalesce(max(p.recorded_at), a.recorded_at), a.path""",
-            [PUBLISHED, ACCEPTED],
-        ).fetchall()
-    ]
-    archived = {p.name: p for p in (landing_dir / PROCESSED).iterdir() if is_landing_file(p)}
-    return [archived[name] for name in dict.fromkeys(ordered) if name in archived]
+    archive = (landing_dir / PROCESSED) if landing_dir is not None else Path(PROCESSED)
+    archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)} if archive.is_dir() else {}
+    missing = [(file, sha, path) for file, sha, path in rows if Path(path).name not in archived]
+    if missing and not withdraw_missing:
+        raise AcceptedFilesMissingError([Path(path).name for _, _, path in missing], archive)
+    for file, sha, path in missing:
+        _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path),
+                f"archive not found in {archive}: its lines are no longer part of the purchase input")
+    return [archived[name] for name in dict.fromkeys(Path(path).name for *_, path in rows) if name in archived]
 
 
 def resolve_pending(landing_dir: Path | None, names: Sequence[str]) -> list[Path]:
@@ -199,9 +236,12 @@ def add_landed_files(
     contract_columns: list[str],
     run_id: str,
     contract_types: Mapping[str, str] | None = None,
+    withdraw_missing: bool = False,
 ) -> LandingReport:
     """Add the accepted landing files and the new ones to ``audit.<table>`` (already holding the
-    source files), upserting by purchase_id, and record the new files as ``landed``.
+    source files), upserting by purchase_id, and record the new files as ``landed``. Accepted
+    files missing from the archive fail the load unless ``withdraw_missing`` (see
+    :func:`accepted_files`).
 
     Later sources win: for each purchase_id only the rows of the most recent source holding it
     stay (the source files first, then accepted files in the order they were accepted, then the
@@ -215,7 +255,7 @@ def add_landed_files(
     Runs in the caller's transaction, so a failure leaves the audit tables as they were.
     """
     new = resolve_pending(landing_dir, new_names)
-    sources = [*accepted_files(conn, landing_dir), *new]
+    sources = [*accepted_files(conn, landing_dir, withdraw_missing=withdraw_missing, run_id=run_id), *new]
     if not sources:
         return report
     table = report.table

@@ -234,6 +234,37 @@ def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> Non
     assert len(env.table("purchases")) == 7  # and this one still has them
 
 
+def test_a_full_load_missing_an_accepted_file_fails_instead_of_dropping_its_lines(env: Env) -> None:
+    """An accepted file's archive is not where the full refresh looks (another landing folder
+    configured, an archive clean-up): the load fails, naming the files, and nothing published
+    changes. Dropping their lines is possible, on purpose only, and recorded."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    assert env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0]).success
+    before = env.table("purchases", "purchase_id")
+    assert len(before) == 7
+    [archived] = (env.landing / landing_files.PROCESSED).iterdir()
+    elsewhere = env.landing.parent / "elsewhere"
+    elsewhere.mkdir()
+    archived.rename(elsewhere / archived.name)
+
+    failed = env.materialize(INGEST_GROUP)
+    assert not failed.success and "audit__purchases" in failed.get_failed_step_keys()
+    [failure] = [e for e in failed.all_events if e.is_step_failure and e.step_key == "audit__purchases"]
+    data = failure.step_failure_data.user_failure_data
+    assert data.metadata["rule"].value == "accepted_landing_files_present"
+    assert archived.name in data.description and "would drop their published purchase lines" in data.description
+    pd.testing.assert_frame_equal(env.table("purchases", "purchase_id"), before)
+
+    config = {"ops": {"audit__purchases": {"config": {"withdraw_missing_landing_files": True}}}}
+    assert env.materialize(INGEST_GROUP, run_config=config).success
+    purchases = env.table("purchases", "purchase_id").set_index("purchase_id")
+    assert len(purchases) == 6 and purchases.loc["L1", "amount"] == 10  # the source lines only
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "published", "accepted", "withdrawn"]
+    assert env.materialize(INGEST_GROUP).success  # withdrawn: no longer expected
+
+
 def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -> None:
     assert env.materialize(dg.AssetSelection.assets("cross_sell_scores").upstream()).success
     before = {t: env.table(t) for t in ("purchases", "customers", "cross_sell_scores")}

@@ -68,6 +68,10 @@ class LandingConfig(dg.Config):
     delta: bool = False
     """Incremental: land only ``landing_files`` (not the sources and earlier files) and publish
     them as an upsert by purchase_id into the published purchases. Purchases only."""
+    withdraw_missing_landing_files: bool = False
+    """A full purchase load fails when files this warehouse accepted are missing from the landing
+    archive (their published lines would be dropped). True drops them on purpose, recorded as
+    ``withdrawn`` in ``audit.landing_files``."""
 
 
 def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
@@ -130,9 +134,16 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                     report = landing_files.add_landed_files(
                         conn, report, input_files.landing_path(), config.landing_files,
                         contracts.column_names(ds.contract), context.run.run_id, contract_types=contract_types(ds),
+                        withdraw_missing=config.withdraw_missing_landing_files,
                     )
                 elif config.landing_files and ds is not PURCHASES:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
+            except landing_files.AcceptedFilesMissingError as exc:
+                raise dg.Failure(
+                    description=f"{ds.table}: {exc}",
+                    metadata={"rule": "accepted_landing_files_present", "missing": exc.missing,
+                              "archive": str(exc.archive)},
+                ) from exc
             except SourceLayoutError as exc:
                 raise dg.Failure(
                     description=f"{ds.table}: {exc}",
