@@ -330,6 +330,12 @@ CASES = [
         rejected_lines=1,
     ),
     Case(
+        "a_stale_input_beside_the_new_one",  # purchases.csv (new) beside purchase.csv (stale): never guess
+        lambda folder: (folder / "purchases.csv").write_text((folder / "purchase.csv").read_text()),
+        {"audit__purchases"},
+        message="more than one input for 'purchases' in",
+    ),
+    Case(
         "bytes_not_utf8",
         append_bytes("purchase.csv", b"L7,O6,C1,P1,2025-01-01,1,10,w\xff\xfeb\n"),
         {PURCHASE_CONTRACT_STEP},

@@ -20,7 +20,7 @@ from duckdb import Error as DuckDBError
 from cross_sell import audit_log, contracts, landing_files
 from cross_sell.ingest import publication
 from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql, published_capabilities
-from cross_sell.ingest.landing import InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
+from cross_sell.ingest.landing import InputAmbiguousError, InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
 from cross_sell.ingest.source import SourceLayoutError, source_table
 from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
 from cross_sell.resources import InputFiles
@@ -103,6 +103,8 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 files = find_source_files(input_files.path()) if adapter else find_files(input_files.path(), ds.table)
         except InputMissingError as exc:
             raise dg.Failure(description=f"Input missing for {ds.table}: {exc}", metadata={"rule": "input_present"}) from exc
+        except InputAmbiguousError as exc:
+            raise dg.Failure(description=f"{ds.table}: {exc}", metadata={"rule": "one_input_per_dataset"}) from exc
         if adapter and config.landing_files:
             raise dg.Failure(
                 description=f"landing files hold canonical purchase lines; the input format is {input_format.name}",

@@ -70,21 +70,36 @@ def _name_variants(dataset: str) -> list[str]:
     return [singular, f"{singular}s"]
 
 
+class InputAmbiguousError(ValueError):
+    """More than one input for a dataset: which one is meant cannot be told, and a stale file
+    must never win silently over a new one."""
+
+
 def find_files(location: Path, dataset: str) -> list[Path]:
-    """The files holding ``dataset`` under ``location``; raises InputMissingError with what was tried."""
+    """The files holding ``dataset`` under ``location``: one file (``purchase.csv``,
+    ``purchases.parquet``, ...) or one folder of files (``purchases/``). Raises InputMissingError
+    with what was tried, or InputAmbiguousError when more than one of them exists."""
     tried: list[str] = []
+    found: list[tuple[str, list[Path]]] = []
     for stem in _name_variants(dataset):
         for suffix in SUFFIXES:
             candidate = location / f"{stem}{suffix}"
             tried.append(candidate.name)
             if candidate.is_file():
-                return [candidate]
+                found.append((candidate.name, [candidate]))
         folder = location / stem
         tried.append(f"{stem}/")
         if folder.is_dir():
             files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
             if files:
-                return files
+                found.append((f"{stem}/", files))
+    if len(found) > 1:
+        raise InputAmbiguousError(
+            f"more than one input for '{dataset}' in {location}: {', '.join(name for name, _ in found)}. "
+            "Keep exactly one (move the stale one away): the load will not guess which is current"
+        )
+    if found:
+        return found[0][1]
     raise InputMissingError(f"no input for '{dataset}' in {location}: looked for {', '.join(tried)}")
 
 
