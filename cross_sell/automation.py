@@ -139,7 +139,12 @@ def purchase_landing_sensor(
                 context.log.info(f"Landing file {item.file} was published before its run was cancelled: archived as {item.path}")
     tick = landing_files.next_tick(landing_dir, context.cursor, again=frozenset(stopped))
     if not tick.new:
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}"), cursor=tick.cursor)
+        ignored = landing_files.ignored_files(landing_dir)
+        note = (
+            f"; ignored (not {', '.join(landing_files.SUFFIXES)}): {', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}"
+            if ignored else ""
+        )
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}{note}"), cursor=tick.cursor)
     for file in tick.new:
         if file.fingerprint in stopped:
             context.log.warning(f"Landing file {file.name}: run {stopped[file.fingerprint]} was cancelled before settling it; requesting it again")

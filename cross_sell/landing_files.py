@@ -118,7 +118,19 @@ class PendingFile:
 
 
 def is_landing_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.name.endswith(SUFFIXES)
+    """A purchase file the landing folder takes: ``.csv``, ``.csv.gz`` or ``.parquet`` in any case
+    (``.CSV`` from a Windows export too), not hidden (being written under a dot-name)."""
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(SUFFIXES)
+
+
+def ignored_files(landing_dir: Path) -> list[str]:
+    """Names of the plain files in the top level of the landing folder it never ingests (another
+    kind of file), so the sensor can say so instead of leaving them there without a word."""
+    if not landing_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in landing_dir.iterdir() if p.is_file() and not p.name.startswith(".") and not is_landing_file(p)
+    )
 
 
 def pending_files(landing_dir: Path, min_age_seconds: float = 0.0, now: float | None = None) -> list[PendingFile]:

@@ -183,6 +183,14 @@ def test_landing_sensor_requests_each_file_exactly_once(env: Env) -> None:
     assert [r.tags[automation.LANDING_FILE_TAG] for r in tick6.run_requests] == ["a.csv"]
     assert tick6.run_requests[0].run_key not in run_keys
 
+    # A Windows export's upper-case suffix is a purchase file too; anything else is named as ignored.
+    drop(env.landing, "EXPORT.CSV", HEADER + NEW_LINES)
+    drop(env.landing, "notes.txt", "not purchases")
+    tick7 = env.landing_tick(tick6.cursor)
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick7.run_requests] == ["EXPORT.CSV"]
+    tick8 = env.landing_tick(tick7.cursor)
+    assert tick8.run_requests == [] and tick8.skip_message.endswith("ignored (not .csv, .csv.gz, .parquet): notes.txt")
+
 
 def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> None:
     assert env.materialize(INGEST_GROUP).success  # what the daily refresh does for ingest
@@ -199,12 +207,12 @@ def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> Non
     assert [p.name.split("__")[-1] for p in processed] == ["new.csv"] and not (env.landing / "new.csv").exists()
     assert processed[0].read_text() == HEADER + NEW_LINES  # archived byte for byte
 
-    # The same lines again, as Parquet under another name: still 7 rows.
-    write_parquet(env.landing / "same_again.parquet", HEADER + NEW_LINES)
+    # The same lines again, as Parquet under another name (upper-case suffix): still 7 rows.
+    write_parquet(env.landing / "same_again.PARQUET", HEADER + NEW_LINES)
     past = time.time() - 60
-    os.utime(env.landing / "same_again.parquet", (past, past))
+    os.utime(env.landing / "same_again.PARQUET", (past, past))
     tick2 = env.landing_tick(tick.cursor)
-    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick2.run_requests] == ["same_again.parquet"]
+    assert [r.tags[automation.LANDING_FILE_TAG] for r in tick2.run_requests] == ["same_again.PARQUET"]
     assert env.run_job("ingest_landed_purchases", tick2.run_requests[0]).success
     assert len(env.table("purchases")) == 7
 
@@ -216,11 +224,11 @@ def test_landed_file_is_upserted_once_and_survives_full_refresh(env: Env) -> Non
     log = env.table("audit.landing_files", "recorded_at")
     assert log.groupby("file")["status"].apply(list).to_dict() == {
         "new.csv": ["landed", "published", "accepted"],
-        "same_again.parquet": ["landed", "published", "accepted"],
+        "same_again.PARQUET": ["landed", "published", "accepted"],
     }
     landed = log[log.status == "landed"].set_index("file").detail
     assert landed["new.csv"].startswith("2 rows read, 1 of them replace")  # L1 corrected
-    assert landed["same_again.parquet"].startswith("2 rows read, 2 of them replace")  # all seen before
+    assert landed["same_again.PARQUET"].startswith("2 rows read, 2 of them replace")  # all seen before
     new = log[(log.file == "new.csv") & (log.status == "accepted")].iloc[0]
     assert new.rows == 2 and new.sha256 == landing_files.file_sha256(processed[0])
     assert new.run_id == result.run_id

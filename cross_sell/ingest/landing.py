@@ -90,7 +90,7 @@ def find_files(location: Path, dataset: str) -> list[Path]:
         folder = location / stem
         tried.append(f"{stem}/")
         if folder.is_dir():
-            files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+            files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
             if files:
                 found.append((f"{stem}/", files))
     if len(found) > 1:
@@ -125,7 +125,7 @@ def csv_header(path: Path, delimiter: str = ",") -> list[str]:
     Raises :class:`InputUnreadableError` for a header that is missing, not UTF-8, or repeats a name.
     """
     try:
-        with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as handle:
             first = handle.readline(MAX_HEADER_BYTES)
     except (OSError, EOFError) as exc:
         raise InputUnreadableError(f"{path.name}: cannot be read ({exc})") from exc
@@ -193,9 +193,9 @@ def _read_relation(
     empty = [p for p in files if p.stat().st_size == 0]
     if empty:
         raise InputMissingError(f"input file is empty (0 bytes): {', '.join(p.name for p in empty)}")
-    if all(p.name.endswith(".parquet") for p in files):
+    if all(p.name.lower().endswith(".parquet") for p in files):
         return _parquet_relation(conn, files, contract_types or {}), []
-    if any(p.name.endswith(".parquet") for p in files):
+    if any(p.name.lower().endswith(".parquet") for p in files):
         raise ValueError("a dataset folder must hold either CSV or Parquet files, not both")
     by_header: dict[tuple[str, ...], list[Path]] = {}
     for path in files:  # one header read per file, never per row
@@ -289,10 +289,10 @@ def find_source_files(location: Path) -> list[Path]:
 def detect_delimiter(path: Path) -> str:
     """The field separator of a delimited text file, from its header line only: TAB when the
     header holds a TAB, else ``;`` when it holds semicolons and no comma, else a comma."""
-    if path.name.endswith(".parquet"):
+    if path.name.lower().endswith(".parquet"):
         return ","
     try:
-        with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
+        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as handle:
             first = handle.readline(MAX_HEADER_BYTES).decode("utf-8-sig", errors="replace")
     except (OSError, EOFError) as exc:
         raise InputUnreadableError(f"{path.name}: cannot be read ({exc})") from exc
