@@ -453,13 +453,17 @@ def test_row_count_drop_warns_without_blocking(after_good_run, run_graph, wareho
     data, before = after_good_run
     edit("purchase.csv", lambda text: "\n".join(text.strip().split("\n")[:3]) + "\n")(data)  # 2 of 6 lines
 
-    result = run_graph(data, selection=INGEST)
+    instance = dg.DagsterInstance.ephemeral()
+    result = run_graph(data, selection=INGEST, instance=instance)
 
     assert result.success
     drop = _evaluation(result, "audit/purchases", "row_count_drop")
     assert not drop.passed and drop.severity == dg.AssetCheckSeverity.WARN
     assert drop.metadata["new_rows"].value == 2 and drop.metadata["published_rows"].value == 6
     assert len(read_table(warehouse_path, "purchases")) == 2  # published: a warning never blocks
+    # Said in the run's log at WARNING, not only in the check's DEBUG-level event.
+    warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    assert any("row_count_drop: the new purchases input has 2 rows, 33% of the 6 published" in w for w in warnings), warnings
 
 
 def test_publish_refuses_a_load_whose_gates_failed_even_when_run_alone(after_good_run, run_graph, warehouse_path) -> None:

@@ -326,7 +326,7 @@ def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
             f"{MAX_ROW_COUNT_DROP:.0%} of the rows currently published."
         ),
     )
-    def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
         try:
             with connect(duckdb) as conn:
                 new = row_count(conn, ds.table, AUDIT_SCHEMA) or 0
@@ -343,6 +343,12 @@ def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
             )
         ratio = None if not published else new / published
         passed = ratio is None or ratio >= MAX_ROW_COUNT_DROP
+        if not passed:  # never blocks, so say it where people look: the run's log, at WARNING
+            context.log.warning(
+                f"{ds.audit_key.to_user_string()}:{ROW_COUNT_DROP}: the new {ds.table} input has {new} rows, "
+                f"{ratio:.0%} of the {published} published; it will be published all the same. If the input "
+                "was cut short, put the full file back and refresh again."
+            )
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.WARN,
