@@ -23,6 +23,10 @@ class InputFiles(dg.ConfigurableResource):
     """strptime format of the dates in an adapter format's source (canonical inputs are ISO 8601)."""
     as_of_date: str | None = None
     """spend_summary: the date the summary was taken (default: the newest signup date in it)."""
+    allow_dropped_categories: bool = False
+    """spend_summary: accept a file that lacks a spend column the published catalogue has (a
+    category retired on purpose). Off, such a file fails its landing: a renamed or dropped column
+    would otherwise drop the category and its spend without a word."""
 
     def path(self) -> Path:
         return Path(self.location)
@@ -35,7 +39,9 @@ class InputFiles(dg.ConfigurableResource):
         return get_format(self.input_format)
 
     def adapter_options(self) -> AdapterOptions:
-        return AdapterOptions(date_format=self.date_format, as_of_date=self.as_of_date)
+        return AdapterOptions(
+            date_format=self.date_format, as_of_date=self.as_of_date, allow_dropped_categories=self.allow_dropped_categories
+        )
 
 
 

@@ -32,13 +32,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def materialize(location: Path, input_format: str, warehouse: Path, selection: str = "*") -> dg.ExecuteInProcessResult:
+def materialize(
+    location: Path, input_format: str, warehouse: Path, selection: str | dg.AssetSelection = "*", **options: object
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*ASSETS, *CHECKS],
         selection=selection,
         resources={
             "duckdb": DuckDBResource(database=str(warehouse)),
-            "input_files": InputFiles(location=str(location), input_format=input_format),
+            "input_files": InputFiles(location=str(location), input_format=input_format, **options),
         },
         raise_on_error=False,
     )
@@ -196,6 +198,22 @@ def test_a_bad_spend_value_blocks_publishing_and_names_the_column(tmp_path: Path
     assert gate.metadata["invalid_count(MntFruits)"].value == 0
     assert "MntWines" in gate.description and "n/a" in gate.metadata["failing_rows_sample"].value
     pd.testing.assert_frame_equal(read_table(warehouse, "purchases"), published)  # nothing overwritten
+
+    # A renamed spend column ('Wines' for 'MntWines', as edited copies of the file have) would drop
+    # the category and its spend without a word: the landing fails, naming it.
+    renamed = tmp_path / "renamed.tsv"
+    renamed.write_bytes(SPEND_SUMMARY.read_bytes().replace(b"\tMntWines\t", b"\tWines\t", 1))
+    result = materialize(renamed, "spend_summary", warehouse, dg.AssetSelection.groups("ingest"))
+    assert not result.success and "audit__products" in result.get_failed_step_keys()
+    [failure] = [e for e in result.all_events if e.is_step_failure and e.step_key == "audit__products"]
+    data = failure.step_failure_data.user_failure_data
+    assert data.metadata["rule"].value == "source_layout"
+    assert "lacks spend column(s) the published catalogue has: MntWines (category Wines)" in data.description
+    pd.testing.assert_frame_equal(read_table(warehouse, "purchases"), published)
+    # Retired on purpose: allowed for that run, and the category is gone from the catalogue.
+    allowed = materialize(renamed, "spend_summary", warehouse, dg.AssetSelection.groups("ingest"), allow_dropped_categories=True)
+    assert allowed.success
+    assert "Wines" not in set(read_table(warehouse, "products")["product_category"])
 
 
 def test_basket_log_runs_the_whole_graph_on_the_published_file(tmp_path: Path) -> None:

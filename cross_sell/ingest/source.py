@@ -30,6 +30,7 @@ class AdapterOptions:
 
     date_format: str = "%d-%m-%Y"
     as_of_date: str | None = None
+    allow_dropped_categories: bool = False
 
 
 @dataclass(frozen=True)

@@ -189,9 +189,41 @@ def land_customers(conn: duckdb.DuckDBPyConnection, files: list[Path], options: 
     return report, findings
 
 
+def _published_spend_columns(conn: duckdb.DuckDBPyConnection) -> set[str]:
+    """The spend columns behind the published catalogue, when it came from a spend summary."""
+    published = {
+        name for (name,) in conn.execute(
+            "select table_name from information_schema.tables where table_schema = 'main' "
+            "and table_name in ('products', 'input_format')"
+        ).fetchall()
+    }
+    if published != {"products", "input_format"}:
+        return set()
+    if conn.execute("select input_format from main.input_format").fetchall() != [(NAME,)]:
+        return set()
+    return {product_id for (product_id,) in conn.execute("select product_id from main.products").fetchall()}
+
+
+def check_catalogue_kept(conn: duckdb.DuckDBPyConnection, spend: list[str], options: AdapterOptions) -> None:
+    """Raise SourceLayoutError when the file lacks a spend column the published catalogue has:
+    renamed (``Wines`` for ``MntWines``) or dropped, it would drop the category and its spend
+    from every output, silently. ``allow_dropped_categories`` accepts it (a category retired on
+    purpose)."""
+    missing = sorted(_published_spend_columns(conn) - set(spend))
+    if missing and not options.allow_dropped_categories:
+        raise SourceLayoutError(
+            f"the file lacks spend column(s) the published catalogue has: {', '.join(missing)} "
+            f"(categor{'y' if len(missing) == 1 else 'ies'} {', '.join(category_name(c) for c in missing)}). "
+            "A renamed or dropped column would drop the category and its spend from every output. Restore "
+            "the column (header Mnt<Category>); to retire the category on purpose, set "
+            "allow_dropped_categories on the input_files resource for that run"
+        )
+
+
 def land_products(conn: duckdb.DuckDBPyConnection, files: list[Path], options: AdapterOptions) -> tuple[LandingReport, list[Finding]]:
     source = land_source(conn, "products", files)
     _, spend = _columns(conn, "products")
+    check_catalogue_kept(conn, spend, options)
     rows = ", ".join(f"({literal(c)}, {literal(category_name(c))})" for c in spend)
     select = (
         "select product_id, name as product_name, name as product_category, null::varchar as price, "
