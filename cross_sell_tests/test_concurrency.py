@@ -125,6 +125,29 @@ def test_sigkill_while_publishing_leaves_published_tables_as_before(tmp_path: Pa
     assert "publish_inputs" not in _steps(instance, run_id, dg.DagsterEventType.STEP_SUCCESS)
     print(f"killed publish_inputs {time.monotonic() - started:.2f}s in; file grew before the kill: {grew}")
 
+    # The dead run still holds its pool slot; `python -m cross_sell.runs` finds it, and `fail` frees
+    # the slot and marks the run failed, keeping its events, and says what to materialize again.
+    env = cli_env(big, warehouse, dagster_home)
+    listing = subprocess.run([sys.executable, "-m", "cross_sell.runs"], cwd=PROJECT_ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    [row] = [line for line in listing.stdout.splitlines() if line.startswith(run_id)]
+    assert "STARTED" in row and "GONE" in row and "publish_inputs" in row
+    assert f"python -m cross_sell.runs fail {run_id}" in listing.stdout
+    events_before = len(instance.all_logs(run_id))
+    recovered = subprocess.run([sys.executable, "-m", "cross_sell.runs", "fail", run_id], cwd=PROJECT_ROOT, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert recovered.returncode == 0, recovered.stderr
+    assert "marked failed; 1 pool slot(s) freed" in recovered.stdout
+    assert "dagster asset materialize -m cross_sell.definitions --select '" in recovered.stdout
+    assert "customers" in recovered.stdout and "cross_sell_scores" in recovered.stdout
+    assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.event_log_storage.get_concurrency_info("duckdb").claimed_slots == []
+    assert len(instance.all_logs(run_id)) > events_before  # nothing erased: the failure was added
+    again = subprocess.run([sys.executable, "-m", "cross_sell.runs"], cwd=PROJECT_ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert "No run in progress and no pool slot held." in again.stdout
+
     # Every published table is readable and row-for-row what it was before the killed run.
     after = published_tables(warehouse)
     for table in PUBLISHED:
