@@ -50,6 +50,7 @@ class WarehouseLockedError(RuntimeError):
     def __init__(self, database: str, waited: float, cause: str):
         holder = _LOCK_HOLDER.search(cause)
         self.database = database
+        self.waited = waited
         self.program = holder["program"] if holder else "unknown program"
         self.pid = int(holder["pid"]) if holder else None
         who = f"{self.program}, PID {self.pid}" if self.pid is not None else self.program
@@ -82,9 +83,9 @@ def open_warehouse(
             if not is_lock_error(exc):
                 raise
             waited = time.monotonic() - started
-            if waited + delay > wait_seconds:
+            if waited >= wait_seconds:
                 raise WarehouseLockedError(database, waited, str(exc)) from exc
-            time.sleep(delay)
+            time.sleep(min(delay, wait_seconds - waited))  # the last try comes at the full wait, not before
             delay = min(delay * 2, 5.0)
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell.generate import generate
+from cross_sell.warehouse import WarehouseLockedError, open_warehouse
 from cross_sell_tests.conftest import PROJECT_ROOT, cli_env, dagster_cli, make_resources, read_table, write_tiny_dataset
 from cross_sell_tests.test_quality_gates import INGEST, PUBLISHED, published_tables
 
@@ -193,6 +194,10 @@ def test_a_connection_held_open_elsewhere_fails_the_run_naming_its_holder(
         result = dg.materialize([*ASSETS, *CHECKS], selection=INGEST, resources=make_resources(data, warehouse),
                                 raise_on_error=False)
         took = time.monotonic() - started
+        # The whole configured wait is used, not cut short by the back-off's last step.
+        with pytest.raises(WarehouseLockedError) as locked:
+            open_warehouse(str(warehouse), 2.5)
+        assert 2.5 <= locked.value.waited < 4
     finally:
         holder.kill()
         holder.wait(timeout=30)
