@@ -27,7 +27,7 @@ SECTION = "### Useful selections from the shell"
 # fails the test, so every documented command is checked.
 EXPECTED = {
     "group:ingest": dg.AssetSelection.groups("ingest"),
-    "*cross_sell_scores": dg.AssetSelection.assets("cross_sell_scores").upstream(),
+    "*cross_sell_recommendations": dg.AssetSelection.assets("cross_sell_recommendations").upstream(),
     "cross_sell_model*": dg.AssetSelection.assets("cross_sell_model").downstream(),
     "product_affinity": dg.AssetSelection.assets("product_affinity"),
 }
