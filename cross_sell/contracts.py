@@ -41,6 +41,10 @@ def _finite(values: pd.Series) -> pd.Series:
     return values.isna() | values.abs().lt(float("inf"))
 
 
+def _no_surrounding_space(values: Series[str]) -> Series[bool]:
+    return values.isna() | ~values.str.contains(SURROUNDING_SPACE, regex=True)
+
+
 class Customer(pa.DataFrameModel):
     """One row per customer."""
 
@@ -64,6 +68,11 @@ class Customer(pa.DataFrameModel):
     signup_date: Series[pandas_engine.DateTime] = pa.Field(
         required=False, nullable=True, dtype_kwargs=_ISO, description="When the customer enrolled (ISO 8601)."
     )
+
+    @pa.check("customer_id", name="no_surrounding_spaces")
+    def customer_id_no_surrounding_spaces(cls, customer_id: Series[str]) -> Series[bool]:
+        # "C1 " never joins the purchases of "C1", and would be published as a customer who never bought.
+        return _no_surrounding_space(customer_id)
 
     @pa.check("income", name="finite")
     def income_finite(cls, income: Series[float]) -> Series[bool]:
@@ -98,7 +107,12 @@ class Product(pa.DataFrameModel):
     @pa.check("product_category", name="no_surrounding_spaces")
     def product_category_no_surrounding_spaces(cls, product_category: Series[str]) -> Series[bool]:
         # "Wines " beside "Wines" would silently be a second category, with its own affinity and scores.
-        return product_category.isna() | ~product_category.str.contains(SURROUNDING_SPACE, regex=True)
+        return _no_surrounding_space(product_category)
+
+    @pa.check("product_id", name="no_surrounding_spaces")
+    def product_id_no_surrounding_spaces(cls, product_id: Series[str]) -> Series[bool]:
+        # "P1 " never joins the purchases of "P1": a key with spaces is a key nobody can match.
+        return _no_surrounding_space(product_id)
 
     class Config:
         coerce = True

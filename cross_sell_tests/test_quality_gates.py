@@ -175,7 +175,7 @@ CASES = [
         "blank_customer_id_in_customers",
         replace_line("customer.csv", C4, C4.replace("C4,", "   ,", 1)),
         {"audit__customers_contract"},
-        {CUSTOMER_GATE: {"completeness:not_blank": {"customer_id": 1}}},
+        {CUSTOMER_GATE: {"completeness:not_blank": {"customer_id": 1}, "validity:no_surrounding_spaces": {"customer_id": 1}}},
     ),
     Case(
         "null_customer_id_in_purchases",
@@ -295,6 +295,12 @@ CASES = [
         ),
         {"audit__purchases"},
         message="purchase.csv: the header line is not UTF-8 text",
+    ),
+    Case(
+        "customer_id_with_a_trailing_space",  # 'C4 ' would be published as a customer no purchase can join
+        replace_line("customer.csv", C4, C4.replace("C4,", "C4 ,", 1)),
+        {"audit__customers_contract"},
+        {CUSTOMER_GATE: {"validity:no_surrounding_spaces": {"customer_id": 1}}},
     ),
     Case(
         "category_with_a_trailing_space",  # 'Fish ' beside 'Fish' would be a second category
