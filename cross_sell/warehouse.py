@@ -89,12 +89,29 @@ def open_warehouse(
             delay = min(delay * 2, 5.0)
 
 
+def _missing_upstream(database: str, tables: Sequence[str]) -> dg.Failure:
+    return dg.Failure(
+        description=(
+            f"The warehouse {database} has no published {', '.join('main.' + t for t in tables)} yet: "
+            "materialize the upstream assets first (the inputs: --select 'group:ingest'; or the whole "
+            "chain: --select '*<this asset>'). Or is CROSS_SELL_DUCKDB_PATH not the warehouse you meant?"
+        ),
+        metadata={"rule": "upstream_published", "warehouse": database, "missing": list(tables)},
+    )
+
+
 @contextmanager
-def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
+def connect(resource: DuckDBResource, needs: Sequence[str] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to the resource's warehouse that is closed even on error. While another
     process holds the file (another run's step, someone's open connection) it waits up to
     ``$CROSS_SELL_LOCK_WAIT_SECONDS`` (:func:`cross_sell.settings.lock_wait_seconds`), then fails
-    with a message saying who holds it and what to do."""
+    with a message saying who holds it and what to do.
+
+    ``needs``: the published tables (schema main) the step reads. When one is missing (an empty or
+    wrong warehouse, upstream never materialized) the step fails saying so, rather than with a
+    bare "Table does not exist", and never creates an empty warehouse file where none was."""
+    if needs and resource.database != ":memory:" and not Path(resource.database).exists():
+        raise _missing_upstream(resource.database, needs)
     try:
         conn = open_warehouse(resource.database, settings.lock_wait_seconds(), resource.connection_config)
     except WarehouseLockedError as exc:
@@ -104,6 +121,13 @@ def connect(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
                       "held_by_pid": exc.pid if exc.pid is not None else -1},
         ) from exc
     try:
+        if needs:
+            present = {t for (t,) in conn.execute(
+                "select table_name from information_schema.tables where table_schema = 'main'"
+            ).fetchall()}
+            missing = [t for t in needs if t not in present]
+            if missing:
+                raise _missing_upstream(resource.database, missing)
         yield conn
     finally:
         conn.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
 
-from cross_sell_tests.conftest import RunGraph, read_table
+from cross_sell.definitions import ASSETS, CHECKS
+from cross_sell_tests.conftest import RunGraph, make_resources, read_table
 
 OUTPUTS = ["customer_metrics", "customer_category_matrix", "product_affinity", "cross_sell_model", "cross_sell_scores", "cross_sell_recommendations"]
 
@@ -157,3 +159,19 @@ def test_product_level_as_a_deployment_setting(
     assert not failed.success
     [failure] = failed.get_step_failure_events()
     assert "CROSS_SELL_PRODUCT_LEVEL is 'sometimes'" in str(failure.event_specific_data.error)
+
+
+def test_a_step_on_an_empty_warehouse_says_what_to_run_first(tmp_path: Path, tiny_data: Path) -> None:
+    """A downstream asset selected on its own against a warehouse that holds no inputs (the wrong
+    CROSS_SELL_DUCKDB_PATH, or upstream never run) fails saying what is missing and what to
+    materialize first, and creates no empty warehouse file."""
+    warehouse = tmp_path / "nowhere" / "cross_sell.duckdb"
+    result = dg.materialize([*ASSETS, *CHECKS], selection=["customer_metrics"],
+                            resources=make_resources(tiny_data, warehouse), raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    data = failure.step_failure_data.user_failure_data
+    assert data.metadata["rule"].value == "upstream_published"
+    assert "has no published main.customers, main.purchases yet" in data.description
+    assert "--select 'group:ingest'" in data.description
+    assert not warehouse.exists()

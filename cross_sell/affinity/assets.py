@@ -85,7 +85,7 @@ def product_affinity(
     product_level, product_level_set_by = product_level_choice(config.product_level)
     tx = "customer_id" if config.basis == "customer" else "order_id"
     categories = CUSTOMER_CATEGORIES if config.basis == "customer" else PURCHASE_LINES
-    with connect(duckdb) as conn:
+    with connect(duckdb, needs=("customer_category_matrix", "purchases", "products")) as conn:
         frames = []
         frames.append(category_level_rules(conn, categories, tx, min_support=config.min_support))
         if product_level:

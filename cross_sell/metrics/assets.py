@@ -37,7 +37,7 @@ def customer_metrics(
     """How often each customer buys (purchase frequency), what they spend (total spend, average
     order value), how recently and how long they have been buying, and their predicted lifetime
     value: the key customer metrics of the data product, one row per customer."""
-    with connect(duckdb) as conn:
+    with connect(duckdb, needs=("customers", "purchases")) as conn:
         basis = audit_log.current_publish(conn)
         input_format, caps = published_capabilities(conn)
         unavailable = unavailable_metrics(caps)
@@ -78,7 +78,7 @@ def customer_metrics(
 def customer_category_matrix(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Which categories each customer has bought, with orders, units and spend per category:
     the customer profile that affinity rules and cross-sell scores are computed from."""
-    with connect(duckdb) as conn:
+    with connect(duckdb, needs=("purchases", "products")) as conn:
         basis = audit_log.current_publish(conn)
         _, caps = published_capabilities(conn)
         conn.execute(f"create or replace table customer_category_matrix as {customer_category_sql(caps)}")

@@ -140,7 +140,7 @@ def cross_sell_model(
     (features before a cutoff, purchases after it), calibrated, and evaluated on held-out customers
     against the popularity and affinity-rule baselines. The artifact is versioned by its data and
     parameters (``model_registry``), with its evaluation in ``model_evaluation``."""
-    with connect(duckdb) as conn:
+    with connect(duckdb, needs=("customers", "products", "purchases")) as conn:
         model = ml.train_or_reuse(conn, config.params(), ml.models_dir(duckdb.database), force=config.force_retrain)
         ml.register(conn, model)
     metadata = model_metadata(model)
