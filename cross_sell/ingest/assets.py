@@ -310,8 +310,11 @@ def source_rules(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource)
             audit_log.record_gate(conn, PURCHASES.table, SOURCE_RULES_GATE, report.passed, report.failing_count, context.run.run_id)
     except Exception as exc:  # always return a result: no result would mean no block
         report = GateReport(contract=SOURCE_RULES_GATE, rows_checked=0, error=f"{type(exc).__name__}: {exc}")
-    log = context.log.info if report.passed else context.log.error
-    log(f"Gate {PURCHASES.audit_key.to_user_string()}:{SOURCE_RULES_GATE}: {report.summary()}")
+    gate = f"Gate {PURCHASES.audit_key.to_user_string()}:{SOURCE_RULES_GATE}"
+    if report.passed:
+        context.log.info(f"{gate} passed: {report.summary()}")
+    else:  # worded as every other gate's failure, with its sample of offending rows
+        context.log.error(report.with_sample(f"{gate} FAILED: {report.summary()}"))
     return check_result(report, extra_metadata=extra)
 
 
