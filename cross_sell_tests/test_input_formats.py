@@ -18,7 +18,9 @@ import pytest
 import yaml
 from dagster_duckdb import DuckDBResource
 
+from cross_sell import contracts
 from cross_sell.definitions import ASSETS, CHECKS
+from cross_sell.ingest.landing import land, rejects_as_failure_cases_sql
 from cross_sell.resources import InputFiles
 from cross_sell.scoring.design import MAX_SHARE_CATEGORIES
 from cross_sell_tests.conftest import SHARED_DATASETS, read_table
@@ -338,3 +340,19 @@ def test_basket_log_options_category_column_iso_dates_and_a_bad_date(tmp_path: P
     assert gate.metadata["failure_counts"].value == {"type:timestamp": {"purchase_date": 1}}
     assert "2025-03-01 (not %d-%m-%Y)" in gate.metadata["failing_rows_sample"].value
     assert len(read_table(warehouse, "purchases")) == 3
+
+
+def test_a_last_line_cut_short_in_a_crlf_file_is_reported_as_it_is(tmp_path: Path) -> None:
+    """A CRLF file whose last line was cut short: the rejected line is shown as written, with no
+    talk of an unclosed quote (DuckDB hands the record back starting with the previous LF)."""
+    path = tmp_path / "purchase.csv"
+    path.write_bytes(
+        b"purchase_id,order_id,customer_id,product_id,purchase_date,quantity,amount,channel\r\n"
+        b"L1,O1,C1,P1,2025-01-01 10:00:00,1,10,web\r\n"
+        b"L2,O2,C1"
+    )
+    with duckdb.connect() as conn:
+        land(conn, "purchases", [path], contracts.column_names(contracts.Purchase))
+        cases = conn.execute(rejects_as_failure_cases_sql("purchases")).fetchall()
+    assert {(check, value) for check, _, value, _ in cases} == {("parse:missing_columns", "purchase.csv line 3: L2,O2,C1")}
+    assert [column for _, column, _, _ in cases][0] == "product_id"

@@ -255,7 +255,9 @@ def rejects_as_failure_cases_sql(table: str) -> str:
     """The rejected lines of a landing in pandera's failure-case shape, for the gate: rule
     ``parse:<error>`` (e.g. ``parse:invalid_encoding``), the column DuckDB stopped at, and the
     file, line number and (start of the) line as the value."""
-    record = "rtrim(csv_line, chr(13) || chr(10))"
+    # Both ends: with CRLF line ends DuckDB can hand back a record that starts with the previous
+    # line's LF (a last line cut short in a CRLF file), which is not a line break inside it.
+    record = "trim(csv_line, chr(13) || chr(10))"
     # A quote left open runs the record on over the lines after it, often to the end of the file,
     # and DuckDB keeps only the start of such a record: say that the lines after it were lost.
     first_line = f"split_part({record}, chr(10), 1)"
