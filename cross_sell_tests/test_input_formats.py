@@ -356,3 +356,22 @@ def test_a_last_line_cut_short_in_a_crlf_file_is_reported_as_it_is(tmp_path: Pat
         cases = conn.execute(rejects_as_failure_cases_sql("purchases")).fetchall()
     assert {(check, value) for check, _, value, _ in cases} == {("parse:missing_columns", "purchase.csv line 3: L2,O2,C1")}
     assert [column for _, column, _, _ in cases][0] == "product_id"
+
+
+def test_spend_summary_dates_in_another_format_say_which_setting_to_change(tmp_path: Path) -> None:
+    dotted = tmp_path / "dotted.tsv"
+    lines = SPEND_SUMMARY.read_bytes().split(b"\r\n")
+    header = lines[0].split(b"\t")
+    signup = header.index(b"Dt_Customer")
+    for i in range(1, len(lines)):
+        cells = lines[i].split(b"\t")
+        if len(cells) > signup:
+            cells[signup] = cells[signup].replace(b"-", b".")
+            lines[i] = b"\t".join(cells)
+    dotted.write_bytes(b"\r\n".join(lines))
+    result = materialize(dotted, "spend_summary", tmp_path / "w.duckdb", dg.AssetSelection.keys(dg.AssetKey(["audit", "purchases"])))
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure and e.step_key == "audit__purchases"]
+    description = failure.step_failure_data.user_failure_data.description
+    assert "no Dt_Customer value reads as a date with date_format '%d-%m-%Y'" in description
+    assert "set input_files.date_format" in description and "04.09.2012" in description

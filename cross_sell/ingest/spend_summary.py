@@ -103,8 +103,18 @@ def as_of_date(conn: duckdb.DuckDBPyConnection, table: str, columns: Columns, op
             f"select max(try_strptime(trim({quoted(signup)}), {literal(options.date_format)}))::date from {table}"
         ).fetchall()[0][0]
     if newest is None:
+        if not signup:
+            raise SourceLayoutError(
+                f"{NAME} input has no signup date column ({' or '.join(SIGNUP)}) to take the as-of date from; "
+                "set input_files.as_of_date"
+            )
+        sample = [v for (v,) in conn.execute(
+            f"select distinct trim({quoted(signup)}) from {table} where trim({quoted(signup)}) <> '' limit 3"
+        ).fetchall()]
         raise SourceLayoutError(
-            f"{NAME} input has no readable signup dates to take the as-of date from; set input_files.as_of_date"
+            f"{NAME} input: no {signup} value reads as a date with date_format {options.date_format!r} "
+            f"(values like {', '.join(repr(v) for v in sample)}): set input_files.date_format to the file's "
+            "format (e.g. '%d.%m.%Y'), or input_files.as_of_date"
         )
     return str(newest)
 
