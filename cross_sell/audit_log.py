@@ -135,24 +135,33 @@ def record_gate(
     )
 
 
-def gates_not_passed(conn: duckdb.DuckDBPyConnection, dataset: str, required: list[str]) -> list[str]:
+def gates_not_passed(conn: duckdb.DuckDBPyConnection, dataset: str, required: list[str]) -> dict[str, str]:
     """Required gates whose latest verdict on the current load is missing, failed, or was reached
-    against loads of other datasets (or published inputs) that have since been replaced."""
+    against loads of other datasets (or published inputs) that have since been replaced; each with
+    why, in words."""
     load_id = current_load(conn, dataset)
     if load_id is None:
-        return list(required)
+        return {gate: f"no {dataset} load has landed" for gate in required}
     rows = conn.execute(
         f"""select gate, arg_max(passed, evaluated_at), arg_max(coalesce(basis, ''), evaluated_at)
             from {AUDIT_SCHEMA}.gate_log where dataset = ? and load_id = ? group by gate""",
         [dataset, load_id],
     ).fetchall()
     verdicts = {gate: (passed, seen) for gate, passed, seen in rows}
-    not_passed = []
+    not_passed: dict[str, str] = {}
     for gate in required:
-        passed, seen = verdicts.get(gate, (False, ""))
+        if gate not in verdicts:
+            not_passed[gate] = "not evaluated on the current load"
+            continue
+        passed, seen = verdicts[gate]
         others = [part.split("=", 1)[0] for part in seen.split(",") if part]
-        if not passed or (others and seen != basis(conn, others)):
-            not_passed.append(gate)
+        if not passed:
+            not_passed[gate] = "failed"
+        elif others and seen != basis(conn, others):
+            now = dict(part.split("=", 1) for part in basis(conn, others).split(","))
+            then = dict(part.split("=", 1) for part in seen.split(","))
+            replaced = sorted(d.replace(PUBLISHED_INPUTS, "published inputs") for d in others if now.get(d) != then.get(d))
+            not_passed[gate] = f"passed against {' and '.join(replaced)} that have been replaced since"
     return not_passed
 
 

@@ -453,8 +453,10 @@ def publish_inputs(
         if missing:
             raise dg.Failure(
                 description="Refusing to publish: the current audit loads have not passed their gates: "
-                + "; ".join(f"{t}: {', '.join(g)}" for t, g in missing.items()),
-                metadata={"gates_not_passed": dg.MetadataValue.json(missing)},
+                + "; ".join(f"{t}: " + ", ".join(f"{g} ({why})" for g, why in gates.items()) for t, gates in missing.items())
+                + ". Land and gate the inputs again (--select 'group:ingest'), or fix what failed first.",
+                metadata={"gates_not_passed": dg.MetadataValue.json({t: list(g) for t, g in missing.items()}),
+                          "why": dg.MetadataValue.json(missing)},
             )
         formats = {ds.table: audit_log.current_format(conn, ds.table) for ds in to_publish}
         if delta:  # the increment joins the published inputs, so it must be in their format
