@@ -369,7 +369,7 @@ def test_spend_summary_dates_in_another_format_say_which_setting_to_change(tmp_p
             cells[signup] = cells[signup].replace(b"-", b".")
             lines[i] = b"\t".join(cells)
     dotted.write_bytes(b"\r\n".join(lines))
-    result = materialize(dotted, "spend_summary", tmp_path / "w.duckdb", dg.AssetSelection.keys(dg.AssetKey(["audit", "purchases"])))
+    result = materialize(dotted, "spend_summary", tmp_path / "w.duckdb", dg.AssetSelection.assets(dg.AssetKey(["audit", "purchases"])))
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure and e.step_key == "audit__purchases"]
     description = failure.step_failure_data.user_failure_data.description
