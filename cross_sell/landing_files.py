@@ -92,11 +92,12 @@ class AcceptedFilesMissingError(LandingFileError):
     """Files this warehouse accepted are not in the landing folder's archive: a full load without
     them would silently drop their published lines."""
 
-    def __init__(self, missing: list[str], archive: Path):
+    def __init__(self, missing: list[str], archive: Path | None):
         self.missing = missing
         self.archive = archive
+        where = archive if archive is not None else "any archive (no landing folder is configured)"
         super().__init__(
-            f"{len(missing)} accepted landing file(s) are not in {archive}: {', '.join(missing[:10])}"
+            f"{len(missing)} accepted landing file(s) are not in {where}: {', '.join(missing[:10])}"
             f"{' ...' if len(missing) > 10 else ''}. A full load without them would drop their published "
             "purchase lines. Point CROSS_SELL_LANDING_DIR at the landing folder that holds processed/ "
             "(or put the files back); to drop their lines on purpose, run the load once with "
@@ -182,14 +183,14 @@ def accepted_files(
     rows = _accepted_rows(conn)
     if not rows:
         return []
-    archive = (landing_dir / PROCESSED) if landing_dir is not None else Path(PROCESSED)
-    archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)} if archive.is_dir() else {}
+    archive = landing_dir / PROCESSED if landing_dir is not None else None
+    archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)} if archive and archive.is_dir() else {}
     missing = [(file, sha, path) for file, sha, path in rows if Path(path).name not in archived]
     if missing and not withdraw_missing:
         raise AcceptedFilesMissingError([Path(path).name for _, _, path in missing], archive)
     for file, sha, path in missing:
         _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path),
-                f"archive not found in {archive}: its lines are no longer part of the purchase input")
+                f"archive not found in {archive or 'any landing folder'}: its lines are no longer part of the purchase input")
     return [archived[name] for name in dict.fromkeys(Path(path).name for *_, path in rows) if name in archived]
 
 

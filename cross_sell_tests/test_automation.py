@@ -263,6 +263,12 @@ def test_a_full_load_missing_an_accepted_file_fails_instead_of_dropping_its_line
     assert data.metadata["rule"].value == "accepted_landing_files_present"
     assert archived.name in data.description and "would drop their published purchase lines" in data.description
     pd.testing.assert_frame_equal(env.table("purchases", "purchase_id"), before)
+    # No landing folder configured at all: the same refusal, saying so.
+    unconfigured = {**env.resources, "input_files": InputFiles(location=str(env.data))}
+    blind = dg.materialize([*ASSETS, *CHECKS], selection=INGEST_GROUP, resources=unconfigured,
+                           instance=env.instance, raise_on_error=False)
+    [failure] = [e for e in blind.all_events if e.is_step_failure and e.step_key == "audit__purchases"]
+    assert "no landing folder is configured" in failure.step_failure_data.user_failure_data.description
 
     config = {"ops": {"audit__purchases": {"config": {"withdraw_missing_landing_files": True}}}}
     assert env.materialize(INGEST_GROUP, run_config=config).success

@@ -144,7 +144,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 raise dg.Failure(
                     description=f"{ds.table}: {exc}",
                     metadata={"rule": "accepted_landing_files_present", "missing": exc.missing,
-                              "archive": str(exc.archive)},
+                              "archive": str(exc.archive or "")},
                 ) from exc
             except SourceLayoutError as exc:
                 raise dg.Failure(
