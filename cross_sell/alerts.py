@@ -96,10 +96,12 @@ def describe_failure(
     run: dg.DagsterRun,
     step_failures: Sequence[dg.DagsterEvent],
     landing_files: Sequence[str] = (),
+    run_message: str | None = None,
 ) -> list[Alert]:
     """One alert per failed step, naming the gate when a failed gate made the step fail. The
     message of a gate's failure is what the gate found (its rule, column and count), not Dagster's
-    "blocking asset check failed"."""
+    "blocking asset check failed". A run that failed outside any step (killed, marked failed after
+    its process died) is alerted with the run failure's own message."""
     gates = failed_gates_by_step(instance, run.run_id)
     alerts = []
     for event in step_failures:
@@ -112,8 +114,29 @@ def describe_failure(
     if not alerts:  # the run failed outside any step (e.g. it could not start)
         failed = [g for found in gates.values() for g in found]
         alerts.append(Alert(run.run_id, run.job_name, None, ", ".join(g.name for g in failed) or None,
-                            "; ".join(g.text() for g in failed)[:MAX_MESSAGE] or "run failed", tuple(landing_files)))
+                            ("; ".join(g.text() for g in failed) or (run_message or "").strip() or "run failed")[:MAX_MESSAGE],
+                            tuple(landing_files)))
     return alerts
+
+
+# Failures that say nothing about the data: the run may simply be tried again.
+TRANSIENT_RULES = frozenset({"warehouse_unlocked"})
+
+
+def failure_rule(event: dg.DagsterEvent) -> str | None:
+    """The ``rule`` a step's ``dg.Failure`` names in its metadata, if any."""
+    data = event.step_failure_data.user_failure_data
+    rule = (data.metadata or {}).get("rule") if data is not None else None
+    return getattr(rule, "value", rule) if rule is not None else None
+
+
+def no_verdict_on_inputs(step_failures: Sequence[dg.DagsterEvent], alerts: Sequence[Alert]) -> bool:
+    """Whether a run failed without anything having found fault with its input: no gate failed,
+    and no step failed except for a transient reason (the warehouse was locked) or none failed at
+    all (the process was killed, the run was marked failed after its process died)."""
+    if any(a.gate for a in alerts):
+        return False
+    return all(failure_rule(event) in TRANSIENT_RULES for event in step_failures)
 
 
 @contextmanager

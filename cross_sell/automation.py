@@ -37,6 +37,11 @@ LANDING_FILE_TAG = "cross_sell/landing_file"
 # request made again after a cancelled run, that run's id.
 LANDING_FINGERPRINT_TAG = "cross_sell/landing_fingerprint"
 LANDING_RETRY_TAG = "cross_sell/landing_retry_of"
+# Set by the run-failure sensor on a landing run that failed without a verdict on its file (killed,
+# warehouse locked): the landing sensor lands the file again, as after a cancel.
+LANDING_REQUEUE_TAG = "cross_sell/landing_requeue"
+# A file whose runs failed this many times without a verdict is rejected all the same.
+MAX_LANDING_ATTEMPTS = 3
 # Runs that rewrite the purchase input carry this tag; the instance runs at most one of them at a time.
 INGEST_TAG = "cross_sell/ingest"
 
@@ -84,13 +89,19 @@ daily_refresh_schedule = dg.ScheduleDefinition(
 )
 
 
-def cancelled_landing_runs(instance: dg.DagsterInstance, files: Sequence[landing_files.PendingFile]) -> dict[str, str]:
-    """Fingerprint -> run id, for the requested files whose latest landing run was cancelled."""
+def stopped_landing_runs(instance: dg.DagsterInstance, files: Sequence[landing_files.PendingFile]) -> dict[str, str]:
+    """Fingerprint -> run id, for the requested files whose latest landing run ended without a
+    verdict on them: cancelled, or failed and marked for requeueing by the run-failure sensor."""
     stopped = {}
     for file in files:
         runs = instance.get_runs(filters=dg.RunsFilter(tags={LANDING_FINGERPRINT_TAG: file.fingerprint}), limit=1)
-        if runs and runs[0].status == dg.DagsterRunStatus.CANCELED:
-            stopped[file.fingerprint] = runs[0].run_id
+        if not runs:
+            continue
+        run = runs[0]
+        if run.status == dg.DagsterRunStatus.CANCELED or (
+            run.status == dg.DagsterRunStatus.FAILURE and run.tags.get(LANDING_REQUEUE_TAG) == "true"
+        ):
+            stopped[file.fingerprint] = run.run_id
     return stopped
 
 
@@ -132,11 +143,11 @@ def purchase_landing_sensor(
             ),
             cursor=context.cursor,
         )
-    stopped = cancelled_landing_runs(context.instance, landing_files.requested_waiting(landing_dir, context.cursor))
+    stopped = stopped_landing_runs(context.instance, landing_files.requested_waiting(landing_dir, context.cursor))
     if stopped:
         with alerts.connect_within(duckdb.database) as conn:
             for item in landing_files.archive_published(conn, landing_dir, next(iter(stopped.values()))):
-                context.log.info(f"Landing file {item.file} was published before its run was cancelled: archived as {item.path}")
+                context.log.info(f"Landing file {item.file} was published before its run stopped: archived as {item.path}")
     tick = landing_files.next_tick(landing_dir, context.cursor, again=frozenset(stopped))
     if not tick.new:
         ignored = landing_files.ignored_files(landing_dir)
@@ -147,7 +158,7 @@ def purchase_landing_sensor(
         return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}{note}"), cursor=tick.cursor)
     for file in tick.new:
         if file.fingerprint in stopped:
-            context.log.warning(f"Landing file {file.name}: run {stopped[file.fingerprint]} was cancelled before settling it; requesting it again")
+            context.log.warning(f"Landing file {file.name}: run {stopped[file.fingerprint]} stopped before settling it; requesting it again")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
@@ -188,26 +199,49 @@ def run_failure_alert_sensor(
     context: dg.RunFailureSensorContext, duckdb: DuckDBResource, input_files: InputFiles
 ) -> None:
     """Record which step and which gate failed; a landing file whose rows were not published is
-    moved to ``rejected/``, one whose rows were published (a later step failed) to ``processed/``."""
+    moved to ``rejected/``, one whose rows were published (a later step failed) to ``processed/``.
+
+    A landing run that failed without any verdict on its file (its process was killed, the
+    warehouse stayed locked) does not reject it: the run is tagged for requeueing and the landing
+    sensor lands the file again, at most :data:`MAX_LANDING_ATTEMPTS` times in all."""
     run = context.dagster_run
     names = alerts.landing_files_of(run, LANDING_OP)
-    found = alerts.describe_failure(context.instance, run, context.get_step_failure_events(), names)
+    step_failures = context.get_step_failure_events()
+    run_message = context.failure_event.message if context.failure_event is not None else None
+    found = alerts.describe_failure(context.instance, run, step_failures, names, run_message)
     landing_dir = input_files.landing_path()
     settled: list[landing_files.Settled] = []
+    requeue = False
     with alerts.connect_within(duckdb.database) as conn:
         written = alerts.write_alerts(conn, found)
         if names and landing_dir is not None:
-            gated = [a for a in found if a.gate]
-            reason = (
-                "gate failed: " + "; ".join(a.message for a in gated) if gated else f"run failed: {found[0].message}"
-            )
-            # Files whose lines were published (by this run or any other) are archived, the rest rejected.
+            # Files whose lines were published (by this run or any other) are archived, the rest
+            # rejected, unless nothing found fault with them.
             settled = landing_files.archive_published(conn, landing_dir, run.run_id)
-            settled += landing_files.reject(conn, landing_dir, names, run.run_id, reason[:1000])
+            fingerprint = run.tags.get(LANDING_FINGERPRINT_TAG)
+            attempts = context.instance.get_runs_count(
+                filters=dg.RunsFilter(tags={LANDING_FINGERPRINT_TAG: fingerprint})
+            ) if fingerprint else MAX_LANDING_ATTEMPTS
+            requeue = alerts.no_verdict_on_inputs(step_failures, found) and attempts < MAX_LANDING_ATTEMPTS
+            if requeue:
+                context.instance.add_run_tags(run.run_id, {LANDING_REQUEUE_TAG: "true"})
+            else:
+                gated = [a for a in found if a.gate]
+                reason = (
+                    "gate failed: " + "; ".join(a.message for a in gated) if gated
+                    else f"run failed ({attempts} attempt(s), none reached a verdict on the file): {found[0].message}"
+                    if alerts.no_verdict_on_inputs(step_failures, found) else f"run failed: {found[0].message}"
+                )
+                settled += landing_files.reject(conn, landing_dir, names, run.run_id, reason[:1000])
     for alert in found:
         context.log.error(alert.text() if written else f"(already alerted) {alert.text()}")
     for item in settled:
         context.log.warning(f"Landing file {item.file} {item.status}: moved to {item.path}")
+    if requeue:
+        context.log.warning(
+            f"Landing files {', '.join(names)} left in the landing folder: run {run.run_id} failed without a "
+            "verdict on them (process killed, or the warehouse locked); the landing sensor lands them again"
+        )
 
 
 SCHEDULES = [daily_refresh_schedule]

@@ -118,15 +118,24 @@ def run_states(instance: dg.DagsterInstance) -> list[RunState]:
 
 
 def unfinished_assets(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """The assets the run planned to materialize and did not, as user strings."""
+    """The assets the run planned to materialize and did not, and those it materialized whose
+    planned checks it never evaluated (their gates must run again, and only materializing the
+    asset runs them), as user strings."""
 
-    def keys(event_type: dg.DagsterEventType) -> set[dg.AssetKey]:
+    def events(event_type: dg.DagsterEventType) -> list[dg.DagsterEvent]:
         records = instance.get_records_for_run(run_id, of_type=event_type).records
-        return {r.event_log_entry.dagster_event.asset_key for r in records if r.event_log_entry.dagster_event}
+        return [r.event_log_entry.dagster_event for r in records if r.event_log_entry.dagster_event]
 
-    planned = keys(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
-    done = keys(dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return sorted(k.to_user_string() for k in planned - done)
+    planned = {e.asset_key for e in events(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED)}
+    done = {e.asset_key for e in events(dg.DagsterEventType.ASSET_MATERIALIZATION)}
+
+    def check_keys(event_type: dg.DagsterEventType, data: str) -> set[tuple[dg.AssetKey, str]]:
+        return {(getattr(e, data).asset_key, getattr(e, data).check_name) for e in events(event_type)}
+
+    checks_planned = check_keys(dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED, "asset_check_planned_data")
+    checks_done = check_keys(dg.DagsterEventType.ASSET_CHECK_EVALUATION, "asset_check_evaluation_data")
+    unchecked = {asset for asset, _ in checks_planned - checks_done}
+    return sorted(k.to_user_string() for k in (planned - done) | unchecked)
 
 
 class RunStillAliveError(RuntimeError):
@@ -171,7 +180,9 @@ def fail_dead_run(instance: dg.DagsterInstance, run_id: str, force: bool = False
     held = len(slot_holders(instance).get(run_id, []))
     instance.event_log_storage.free_concurrency_slots_for_run(run_id)
     freed = held - len(slot_holders(instance).get(run_id, []))
-    return Recovery(run_id, marked, freed, unfinished_assets(instance, run_id) if record else [])
+    # What it left undone, only for a run stopped now: for one that ended earlier, later runs may
+    # have done it since.
+    return Recovery(run_id, marked, freed, unfinished_assets(instance, run_id) if marked else [])
 
 
 def _table(states: Sequence[RunState]) -> str:

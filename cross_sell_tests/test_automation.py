@@ -111,11 +111,19 @@ class Env:
         return sensor.evaluate_tick(context)
 
     def failure_sensor(self, result: dg.ExecuteInProcessResult) -> None:
+        self._failure_sensor(result.dagster_run, result.get_run_failure_event())
+
+    def failure_sensor_for(self, run_id: str) -> None:
+        """The failure sensor on a run marked failed from outside (its process died)."""
+        [entry] = self.instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        self._failure_sensor(self.instance.get_run_by_id(run_id), entry.dagster_event)
+
+    def _failure_sensor(self, run: dg.DagsterRun, event: dg.DagsterEvent) -> None:
         context = dg.build_run_status_sensor_context(
             sensor_name="run_failure_alert_sensor",
             dagster_instance=self.instance,
-            dagster_run=result.dagster_run,
-            dagster_event=result.get_run_failure_event(),
+            dagster_run=run,
+            dagster_event=event,
             resources=self.resources,
         ).for_run_failure()
         self.defs.get_sensor_def("run_failure_alert_sensor")(context)
@@ -404,6 +412,35 @@ def test_a_cancelled_landing_run_whose_lines_were_published_is_archived_not_land
     log = env.table("audit.landing_files", "recorded_at")
     assert log.status.tolist() == ["landed", "published", "accepted"]
     assert log.run_id.tolist() == [landed.run_id, published.run_id, landed.run_id]
+
+
+def test_a_landing_run_killed_before_a_verdict_is_landed_again_then_rejected_after_three(env: Env) -> None:
+    """The landing run's process died (the run is then failed by Dagster or by
+    `python -m cross_sell.runs fail`): nothing found fault with the file, so it is not rejected but
+    landed again; after three attempts without a verdict it is rejected, saying so."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    cursor, request = None, None
+    for attempt in (1, 2, 3):
+        tick = env.landing_tick(cursor)
+        [request] = tick.run_requests
+        cursor = tick.cursor
+        if attempt > 1:
+            assert request.tags[automation.LANDING_RETRY_TAG] == killed.run_id
+        killed = env.materialize(["audit/purchases"], run_config=request.run_config, tags=request.tags)
+        env.instance.report_run_failed(killed.dagster_run, "Run worker terminated by signal 9")
+        env.failure_sensor_for(killed.run_id)
+        if attempt < 3:
+            assert (env.landing / "new.csv").exists()
+            assert env.instance.get_run_by_id(killed.run_id).tags[automation.LANDING_REQUEUE_TAG] == "true"
+    assert not (env.landing / "new.csv").exists()  # the third: rejected
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "landed", "landed", "rejected"]
+    assert "3 attempt(s), none reached a verdict on the file" in log.detail.iloc[-1]
+    assert "terminated by signal 9" in log.detail.iloc[-1]
+    alerts = env.table("audit.run_alerts", "alerted_at")
+    assert len(alerts) == 3 and (alerts.message == "Run worker terminated by signal 9").all()
+    assert env.landing_tick(cursor).run_requests == []
 
 
 def test_a_file_rejected_before_its_retried_publish_is_taken_back(env: Env) -> None:
