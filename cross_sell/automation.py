@@ -18,6 +18,7 @@ stopped in the UI or with ``dagster schedule|sensor stop`` (see the README).
 
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
@@ -89,6 +90,15 @@ daily_refresh_schedule = dg.ScheduleDefinition(
 )
 
 
+def _ignored_note(landing_dir: Path) -> str:
+    """'; ignored (...): a.txt, b.xlsx' for the files in the landing folder it never ingests, or ''."""
+    ignored = landing_files.ignored_files(landing_dir)
+    if not ignored:
+        return ""
+    more = " ..." if len(ignored) > 10 else ""
+    return f"; ignored (not {', '.join(landing_files.SUFFIXES)}): {', '.join(ignored[:10])}{more}"
+
+
 def stopped_landing_runs(instance: dg.DagsterInstance, files: Sequence[landing_files.PendingFile]) -> dict[str, str]:
     """Fingerprint -> run id, for the requested files whose latest landing run ended without a
     verdict on them: cancelled, or failed and marked for requeueing by the run-failure sensor."""
@@ -140,6 +150,7 @@ def purchase_landing_sensor(
             skip_reason=dg.SkipReason(
                 f"{waiting} file(s) in {landing_dir} wait for the first full load: purchases were never "
                 f"published on this instance (run {daily_refresh_job.name}, or wait for its schedule)"
+                + _ignored_note(landing_dir)
             ),
             cursor=context.cursor,
         )
@@ -150,12 +161,9 @@ def purchase_landing_sensor(
                 context.log.info(f"Landing file {item.file} was published before its run stopped: archived as {item.path}")
     tick = landing_files.next_tick(landing_dir, context.cursor, again=frozenset(stopped))
     if not tick.new:
-        ignored = landing_files.ignored_files(landing_dir)
-        note = (
-            f"; ignored (not {', '.join(landing_files.SUFFIXES)}): {', '.join(ignored[:10])}{' ...' if len(ignored) > 10 else ''}"
-            if ignored else ""
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(f"no new files in {landing_dir}{_ignored_note(landing_dir)}"), cursor=tick.cursor
         )
-        return dg.SensorResult(skip_reason=dg.SkipReason(f"no new files in {landing_dir}{note}"), cursor=tick.cursor)
     for file in tick.new:
         if file.fingerprint in stopped:
             context.log.warning(f"Landing file {file.name}: run {stopped[file.fingerprint]} stopped before settling it; requesting it again")

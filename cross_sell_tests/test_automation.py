@@ -147,10 +147,13 @@ def env(tmp_path: Path, tiny_data: Path, warehouse_path: Path) -> Iterator[Env]:
 def test_landing_sensor_requests_each_file_exactly_once(env: Env) -> None:
     # Before the first full load a file waits (an increment adds to published purchases).
     drop(env.landing, "a.csv", HEADER + NEW_LINES)
+    drop(env.landing, "readme.txt", "not purchases")
     before = env.landing_tick(None)
     assert before.run_requests == [] and "1 file(s)" in before.skip_message
     assert "wait for the first full load" in before.skip_message and (env.landing / "a.csv").exists()
+    assert before.skip_message.endswith("ignored (not .csv, .csv.gz, .parquet): readme.txt")
     (env.landing / "a.csv").unlink()
+    (env.landing / "readme.txt").unlink()
     assert env.materialize(INGEST_GROUP).success
 
     first = env.landing_tick(before.cursor)
