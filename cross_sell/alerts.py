@@ -151,16 +151,23 @@ def connect_within(database: str, seconds: float = 40.0) -> Iterator[duckdb.Duck
 
 
 def write_alerts(conn: duckdb.DuckDBPyConnection, alerts: Sequence[Alert]) -> int:
-    """Append the alerts of a run unless that run was already alerted; returns rows written."""
+    """Append the alerts not written yet (one per run, step and gate: a retried sensor tick never
+    alerts twice); returns rows written."""
     conn.execute(_DDL)
     if not alerts:
         return 0
-    run_id = alerts[0].run_id
-    if conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{ALERTS_TABLE} where run_id = ?", [run_id]).fetchall()[0][0]:
+    written = {
+        (step or "", gate or "")
+        for step, gate in conn.execute(
+            f"select failed_step, gate from {AUDIT_SCHEMA}.{ALERTS_TABLE} where run_id = ?", [alerts[0].run_id]
+        ).fetchall()
+    }
+    new = [a for a in alerts if (a.failed_step or "", a.gate or "") not in written]
+    if not new:
         return 0
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     conn.executemany(
         f"insert into {AUDIT_SCHEMA}.{ALERTS_TABLE} values (?, ?, ?, ?, ?, ?, ?)",
-        [[now, a.run_id, a.job_name, a.failed_step, a.gate, a.message, ", ".join(a.landing_files) or None] for a in alerts],
+        [[now, a.run_id, a.job_name, a.failed_step, a.gate, a.message, ", ".join(a.landing_files) or None] for a in new],
     )
-    return len(alerts)
+    return len(new)

@@ -470,6 +470,10 @@ def test_row_count_drop_warns_without_blocking(after_good_run, run_graph, wareho
     # Said in the run's log at WARNING, not only in the check's DEBUG-level event.
     warnings = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
     assert any("row_count_drop: the new purchases input has 2 rows, 33% of the 6 published" in w for w in warnings), warnings
+    # And in the alerts table the on-call person reads, though the run succeeded.
+    [alert] = read_table(warehouse_path, "audit.run_alerts").itertuples()
+    assert alert.run_id == result.run_id and alert.gate == "audit/purchases:row_count_drop"
+    assert alert.failed_step == "audit__purchases_row_count_drop" and alert.message.startswith("WARN: the new purchases input has 2 rows")
 
 
 def test_publish_refuses_a_load_whose_gates_failed_even_when_run_alone(after_good_run, run_graph, warehouse_path) -> None:

@@ -17,7 +17,7 @@ import pandera.pandas as pa
 from dagster_duckdb import DuckDBResource
 from duckdb import Error as DuckDBError
 
-from cross_sell import audit_log, contracts, landing_files
+from cross_sell import alerts, audit_log, contracts, landing_files
 from cross_sell.ingest import publication
 from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql, published_capabilities
 from cross_sell.ingest.landing import InputAmbiguousError, InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
@@ -346,12 +346,18 @@ def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
             )
         ratio = None if not published else new / published
         passed = ratio is None or ratio >= MAX_ROW_COUNT_DROP
-        if not passed:  # never blocks, so say it where people look: the run's log, at WARNING
-            context.log.warning(
-                f"{ds.audit_key.to_user_string()}:{ROW_COUNT_DROP}: the new {ds.table} input has {new} rows, "
-                f"{ratio:.0%} of the {published} published; it will be published all the same. If the input "
-                "was cut short, put the full file back and refresh again."
+        if not passed:  # never blocks, so say it where people look: the run's log and the alerts table
+            gate = f"{ds.audit_key.to_user_string()}:{ROW_COUNT_DROP}"
+            message = (
+                f"the new {ds.table} input has {new} rows, {ratio:.0%} of the {published} published; it will be "
+                "published all the same. If the input was cut short, put the full file back and refresh again."
             )
+            context.log.warning(f"{gate}: {message}")
+            with connect(duckdb) as conn:
+                alerts.write_alerts(conn, [alerts.Alert(
+                    context.run.run_id, context.run.job_name, f"{ds.audit_key.to_python_identifier()}_{ROW_COUNT_DROP}",
+                    gate, f"WARN: {message}",
+                )])
         return dg.AssetCheckResult(
             passed=passed,
             severity=dg.AssetCheckSeverity.WARN,
