@@ -149,14 +149,23 @@ def pending_files(landing_dir: Path, min_age_seconds: float = 0.0, now: float | 
     return sorted(found, key=lambda f: (f.mtime_ns, f.name))
 
 
+# Every file version (name and checksum) in the log with its latest rows, status and path.
+_LATEST_SQL = f"""select file, sha256, arg_max(rows, recorded_at) as rows, arg_max(status, recorded_at) as status,
+        arg_max(path, recorded_at) as path
+    from {AUDIT_SCHEMA}.{LOG_TABLE} group by file, sha256"""
+
+
+def status_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """How many file versions are in each status now (the log must exist)."""
+    return dict(conn.execute(f"select status, count(*) from ({_LATEST_SQL}) group by 1").fetchall())
+
+
 def _accepted_rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
     """(file, sha256, archive path) of every file version whose latest status is ``accepted``, in
     the order their lines were published."""
     ensure_log(conn)
     return conn.execute(
-        f"""with latest as (
-                select file, sha256, arg_max(status, recorded_at) as status from {AUDIT_SCHEMA}.{LOG_TABLE}
-                group by file, sha256)
+        f"""with latest as ({_LATEST_SQL})
             select a.file, a.sha256, a.path from {AUDIT_SCHEMA}.{LOG_TABLE} a
             join latest l on l.file = a.file and l.sha256 = a.sha256 and l.status = ?
             left join {AUDIT_SCHEMA}.{LOG_TABLE} p on p.status = ? and p.file = a.file and p.sha256 = a.sha256
@@ -466,10 +475,7 @@ def mark_published(conn: duckdb.DuckDBPyConnection, landing_run_id: str | None, 
 
 def _latest(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, int | None, str, str | None]]:
     """(file, sha256, rows, latest status, latest path) of every file version in the log."""
-    return conn.execute(
-        f"""select file, sha256, arg_max(rows, recorded_at), arg_max(status, recorded_at), arg_max(path, recorded_at)
-            from {AUDIT_SCHEMA}.{LOG_TABLE} group by file, sha256"""
-    ).fetchall()
+    return conn.execute(_LATEST_SQL).fetchall()
 
 
 def archive_published(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None, run_id: str) -> list[Settled]:
@@ -570,13 +576,7 @@ def landing_files_log(
     with connect(duckdb) as conn:
         ensure_log(conn)
         settled = archive_published(conn, landing_dir, context.run.run_id)
-        totals = dict(
-            conn.execute(
-                f"""select status, count(*) from (
-                        select file, sha256, arg_max(status, recorded_at) as status
-                        from {AUDIT_SCHEMA}.{LOG_TABLE} group by file, sha256) group by 1"""
-            ).fetchall()
-        )
+        totals = status_counts(conn)
         recent = conn.execute(
             f"select recorded_at, file, status, rows, detail from {AUDIT_SCHEMA}.{LOG_TABLE} order by recorded_at desc limit 10"
         ).df()

@@ -176,12 +176,7 @@ def input_slis(conn: duckdb.DuckDBPyConnection | None) -> pd.DataFrame:
             newest = conn.execute("select max(purchase_date) from purchases").fetchall()[0][0]
             detail = f"newest purchase {newest}"
             if table_exists(conn, landing_files.LOG_TABLE, AUDIT_SCHEMA):
-                status = dict(
-                    conn.execute(
-                        f"""select status, count(*) from (select file, sha256, arg_max(status, recorded_at) as status
-                            from {AUDIT_SCHEMA}.{landing_files.LOG_TABLE} group by file, sha256) group by 1"""
-                    ).fetchall()
-                )
+                status = landing_files.status_counts(conn)
                 detail += (
                     f"; landing files accepted {status.get(landing_files.ACCEPTED, 0)}, "
                     f"rejected {status.get(landing_files.REJECTED_STATUS, 0)}"
