@@ -121,13 +121,9 @@ def connect(resource: DuckDBResource, needs: Sequence[str] = ()) -> Iterator[duc
                       "held_by_pid": exc.pid if exc.pid is not None else -1},
         ) from exc
     try:
-        if needs:
-            present = {t for (t,) in conn.execute(
-                "select table_name from information_schema.tables where table_schema = 'main'"
-            ).fetchall()}
-            missing = [t for t in needs if t not in present]
-            if missing:
-                raise _missing_upstream(resource.database, missing)
+        missing = [t for t in needs if not table_exists(conn, t)]
+        if missing:
+            raise _missing_upstream(resource.database, missing)
         yield conn
     finally:
         conn.close()

@@ -54,7 +54,7 @@ from cross_sell.ingest.source import (
     quoted,
     source_table,
 )
-from cross_sell.warehouse import AUDIT_SCHEMA
+from cross_sell.warehouse import AUDIT_SCHEMA, table_exists
 
 NAME = "spend_summary"
 SPEND_PREFIX = "mnt"
@@ -201,13 +201,7 @@ def land_customers(conn: duckdb.DuckDBPyConnection, files: list[Path], options: 
 
 def _published_spend_columns(conn: duckdb.DuckDBPyConnection) -> set[str]:
     """The spend columns behind the published catalogue, when it came from a spend summary."""
-    published = {
-        name for (name,) in conn.execute(
-            "select table_name from information_schema.tables where table_schema = 'main' "
-            "and table_name in ('products', 'input_format')"
-        ).fetchall()
-    }
-    if published != {"products", "input_format"}:
+    if not (table_exists(conn, "products") and table_exists(conn, "input_format")):
         return set()
     if conn.execute("select input_format from main.input_format").fetchall() != [(NAME,)]:
         return set()

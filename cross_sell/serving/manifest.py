@@ -38,6 +38,7 @@ from cross_sell.serving import api, locations
 from cross_sell.serving import exports as exports_module
 from cross_sell.serving.roles import ROLES, marketing_columns
 from cross_sell.serving.semantic import MODEL, SemanticModel
+from cross_sell.warehouse import table_exists
 
 MANIFEST_NAME = locations.MANIFEST_NAME
 REFERENCE_NAME = "semantic_model.md"
@@ -201,9 +202,9 @@ def data_section(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "as_of": None,
         "model": None,
     }
-    if _table_rows(conn, "main", "purchases") is not None:
+    if table_exists(conn, "purchases"):
         section["as_of"] = conn.execute("select max(purchase_date) from main.purchases").fetchone()[0]
-    if _table_rows(conn, "main", "model_registry"):
+    if table_exists(conn, "model_registry"):
         row = conn.execute(
             """select version, strategy, estimator, cutoff, newest_purchase, label_window_days,
                       json_extract_string(metadata, '$.fallback_reason')
