@@ -193,6 +193,16 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
+def _rejection_reason(found: Sequence[alerts.Alert], no_verdict: bool, attempts: int) -> str:
+    """Why a landing file is rejected, for ``audit.landing_files``."""
+    gated = [a for a in found if a.gate]
+    if gated:
+        return "gate failed: " + "; ".join(a.message for a in gated)
+    if no_verdict:
+        return f"run failed ({attempts} attempt(s), none reached a verdict on the file): {found[0].message}"
+    return f"run failed: {found[0].message}"
+
+
 @dg.run_failure_sensor(
     name="run_failure_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -230,16 +240,12 @@ def run_failure_alert_sensor(
             attempts = context.instance.get_runs_count(
                 filters=dg.RunsFilter(tags={LANDING_FINGERPRINT_TAG: fingerprint})
             ) if fingerprint else MAX_LANDING_ATTEMPTS
-            requeue = alerts.no_verdict_on_inputs(step_failures, found) and attempts < MAX_LANDING_ATTEMPTS
+            no_verdict = alerts.no_verdict_on_inputs(step_failures, found)
+            requeue = no_verdict and attempts < MAX_LANDING_ATTEMPTS
             if requeue:
                 context.instance.add_run_tags(run.run_id, {LANDING_REQUEUE_TAG: "true"})
             else:
-                gated = [a for a in found if a.gate]
-                reason = (
-                    "gate failed: " + "; ".join(a.message for a in gated) if gated
-                    else f"run failed ({attempts} attempt(s), none reached a verdict on the file): {found[0].message}"
-                    if alerts.no_verdict_on_inputs(step_failures, found) else f"run failed: {found[0].message}"
-                )
+                reason = _rejection_reason(found, no_verdict, attempts)
                 settled += landing_files.reject(conn, landing_dir, names, run.run_id, reason[:1000])
     for alert in found:
         context.log.error(alert.text() if written else f"(already alerted) {alert.text()}")
