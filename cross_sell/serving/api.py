@@ -147,7 +147,7 @@ class Api:
         """Columns this role sees as a fixed list of labels (the marketing role's bands), by name."""
         if not self.role.masked:
             return {}
-        return {c.mask.masked_name(c.name): c.mask.labels() for c in view.columns if c.mask and c.mask.labels()}
+        return {c.mask.masked_name(c.name): labels for c in view.columns if c.mask and (labels := c.mask.labels())}
 
     def view(self, name: str) -> View:
         try:

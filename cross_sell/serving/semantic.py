@@ -66,8 +66,8 @@ class Mask(Enum):
         if self is Mask.INITIAL:
             return "first letter only, e.g. 'A.'"
         if self is Mask.INCOME_BAND:
-            return f"income band: {', '.join(income_band_labels())}"
-        return f"age band (years, as of the build date): {', '.join(age_band_labels())}"
+            return f"income band: {', '.join(self.labels())}"
+        return f"age band (years, as of the build date): {', '.join(self.labels())}"
 
 
 def _k(value: int) -> str:
