@@ -108,6 +108,11 @@ def dagster_home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(INSTANCE_CONFIG, home / "dagster.yaml")
+    # Create Dagster's own SQLite storage now, as any first command on a real instance does. A test
+    # that opens the instance while its CLI subprocess starts would otherwise race it to create the
+    # same tables ("table job_ticks already exists"), a Dagster limitation the README names.
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
     return home
 
 
