@@ -78,9 +78,18 @@ class ProcessSampler:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def _sample(self) -> None:
-        now, cpu = time.time(), time.process_time()
-        self.cpu.append((now, cpu))
+    def _sample(self, attempts: int = 3) -> None:
+        # The clock and the CPU time count as one pair only when nothing came between the two
+        # reads: another thread holding the GIL in between would date the CPU time too early, and
+        # a short step's cores busy would read more than the machine has. A sample that never gets
+        # a close pair keeps its memory figure and leaves the CPU time to its neighbours.
+        for _ in range(attempts):
+            before = time.time()
+            cpu = time.process_time()
+            now = time.time()
+            if now - before <= 0.002:
+                self.cpu.append((now, cpu))
+                break
         try:
             self.samples.append((now, self.current()))
         except OSError:  # not Linux: no memory figures
@@ -98,7 +107,7 @@ class ProcessSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._sample()  # the last one: whatever ended inside the block is covered
+        self._sample(attempts=100)  # the last one: whatever ended inside the block is covered
 
     def peak(self, start: float, end: float) -> int | None:
         inside = [rss for t, rss in self.samples if start <= t <= end]
