@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import duckdb
 
+from cross_sell import audit_log
 from cross_sell.warehouse import AUDIT_SCHEMA, open_warehouse
 
 ALERTS_TABLE = "run_alerts"
@@ -120,7 +121,7 @@ def describe_failure(
 
 
 # Failures that say nothing about the data: the run may simply be tried again.
-TRANSIENT_RULES = frozenset({"warehouse_unlocked"})
+TRANSIENT_RULES = frozenset({"warehouse_unlocked", audit_log.OWN_LOAD_RULE})
 
 
 def failure_rule(event: dg.DagsterEvent) -> str | None:

@@ -93,6 +93,38 @@ def current_load_run(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | Non
     return row[0] if row else None
 
 
+OWN_LOAD_RULE = "own_load_current"
+
+
+class LoadReplacedError(RuntimeError):
+    """A run landed a load of a dataset, and another run has landed another load of it since."""
+
+    rule = OWN_LOAD_RULE
+
+
+def check_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -> None:
+    """Raise :class:`LoadReplacedError` when this run landed a load of ``dataset`` and another
+    run's load has replaced it since in ``audit.<dataset>``: this run's gates would judge, and its
+    publish step publish, the other run's lines (two runs started from the shell at once are not
+    queued). A run that landed nothing (a re-execution, a publish on its own) takes the current load."""
+    ensure_tables(conn)
+    own, current = conn.execute(
+        f"""select (select source from {AUDIT_SCHEMA}.load_log where dataset = ? and run_id = ? order by loaded_at desc limit 1),
+                   (select run_id || ' (' || source || ')' from {AUDIT_SCHEMA}.load_log where dataset = ?
+                    order by loaded_at desc limit 1)""",
+        [dataset, run_id, dataset],
+    ).fetchone()
+    if own is None or current.startswith(f"{run_id} ("):
+        return
+    raise LoadReplacedError(
+        f"{dataset}: another run, {current}, landed a {dataset} load after this run landed its own ({own}). "
+        f"audit.{dataset} now holds the other run's lines, so this run neither gates nor publishes them, "
+        "and has published nothing. Run this selection again once the other run has finished (the landing "
+        "sensor lands a landing file again by itself). Runs started from the UI, sensors and schedules "
+        "are queued one at a time; runs started from the shell are not: do not start two loads at once."
+    )
+
+
 def current_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     ensure_tables(conn)
     row = conn.execute(

@@ -507,6 +507,7 @@ def build_gate_check(
     def _gate(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
         try:
             with connect(duckdb) as conn:
+                require_own_load(conn, dataset, context.run.run_id)
                 resolved = contract if isinstance(contract, (type, pa.DataFrameSchema)) else contract(conn)
                 extra = None
                 # Extra rules read the contract's columns: where one is missing, the contract reports
@@ -520,6 +521,8 @@ def build_gate_check(
                     report = validate_frame(resolved, conn.execute(load_sql).df(), extra, require_rows=require_rows)
                 seen = depends_on(conn) if callable(depends_on) else depends_on
                 audit_log.record_gate(conn, dataset, name, report.passed, report.failing_count, context.run.run_id, depends_on=seen)
+        except dg.Failure:
+            raise  # no verdict: the load this run landed is gone (see require_own_load)
         except Exception as exc:  # always return a result: no result would mean no block
             report = GateReport(contract=f"{dataset}.{name}", rows_checked=0, error=f"{type(exc).__name__}: {exc}")
         if report.passed:
@@ -529,6 +532,16 @@ def build_gate_check(
         return check_result(report)
 
     return _gate
+
+
+def require_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -> None:
+    """Fail the step, with no verdict on the data, when another run has replaced the load of
+    ``dataset`` this run landed (:func:`cross_sell.audit_log.check_own_load`). The run-failure
+    sensor then lands the run's landing file again instead of rejecting it."""
+    try:
+        audit_log.check_own_load(conn, dataset, run_id)
+    except audit_log.LoadReplacedError as exc:
+        raise dg.Failure(description=str(exc), metadata={"rule": exc.rule, "dataset": dataset}) from exc
 
 
 OUTPUT_CONTRACT = "contract"

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from dagster_duckdb import DuckDBResource
 
+from cross_sell import alerts
 from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell.resources import InputFiles
 from cross_sell_tests.conftest import read_table
@@ -212,3 +213,57 @@ def test_a_full_load_cannot_be_published_in_part(history_and_new_day, tmp_path: 
     description = failure.step_failure_data.user_failure_data.description
     assert "publishes customers, products and purchases together" in description
     assert "touch its landing file" in description  # what to do if this was a retried increment
+
+
+def _part_of_run(data: Path, landing: Path, warehouse: Path, selection: dg.AssetSelection, run_id: str,
+                 run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    """Some steps of the run ``run_id``: two calls with the same id are one run whose steps another
+    run came between (as two runs started from the shell at once interleave theirs)."""
+    defs = dg.Definitions(
+        assets=ASSETS, asset_checks=CHECKS, jobs=[dg.define_asset_job("part", selection=selection)],
+        resources={"duckdb": DuckDBResource(database=str(warehouse)),
+                   "input_files": InputFiles(location=str(data), landing_location=str(landing))},
+    )
+    return defs.resolve_job_def("part").execute_in_process(run_config=run_config or {}, run_id=run_id, raise_on_error=False)
+
+
+def test_a_run_whose_load_another_run_replaced_publishes_nothing_and_its_file_waits(history_and_new_day, tmp_path: Path) -> None:
+    """Two increments started from the shell at once are not queued: run A lands a.parquet, run B
+    lands b.parquet over it, gates and publishes it, then A's gates and publish step run. They
+    must not judge or publish B's lines as A's: A fails without a verdict on its file, which
+    waits in the landing folder to be landed again, and nothing is lost."""
+    history, landing, new_day = history_and_new_day
+    (landing / "new_day.parquet").unlink()
+    warehouse = tmp_path / "w.duckdb"
+    assert _run(history, landing, warehouse, "group:ingest").success
+    history_lines = len(read_table(warehouse, "purchases"))
+    half = len(new_day) // 2
+    new_day.iloc[:half].to_parquet(landing / "a.parquet", index=False)
+    new_day.iloc[half:].to_parquet(landing / "b.parquet", index=False)
+    config_a = {"ops": {"audit__purchases": {"config": {"landing_files": ["a.parquet"], "delta": True}}}}
+    config_b = {"ops": {"audit__purchases": {"config": {"landing_files": ["b.parquet"], "delta": True}}}}
+    land = dg.AssetSelection.assets(dg.AssetKey(["audit", "purchases"])).without_checks()
+    gate_and_publish = dg.AssetSelection.checks_for_assets(dg.AssetKey(["audit", "purchases"])) | dg.AssetSelection.assets("purchases")
+
+    run_a = "a" * 8 + "-0000-0000-0000-" + "0" * 12
+    assert _part_of_run(history, landing, warehouse, land, run_a, config_a).success
+    assert _run(history, landing, warehouse, DELTA_SELECTION, config_b).success  # run B, whole
+    after_b = read_table(warehouse, "purchases", order_by="purchase_id")
+    assert len(after_b) == history_lines + len(new_day) - half
+
+    rest_of_a = _part_of_run(history, landing, warehouse, gate_and_publish, run_a)
+    assert not rest_of_a.success
+    failures = [e for e in rest_of_a.all_events if e.is_step_failure]
+    assert failures and all(alerts.failure_rule(e) == "own_load_current" for e in failures)
+    assert alerts.no_verdict_on_inputs(failures, [])  # the failure sensor lands a.parquet again
+    description = failures[0].step_failure_data.user_failure_data.description
+    assert "another run" in description and "b.parquet" in description and "a.parquet" in description
+    assert not [e for e in rest_of_a.get_asset_check_evaluations()]  # no verdict on anyone's lines
+    pd.testing.assert_frame_equal(read_table(warehouse, "purchases", order_by="purchase_id"), after_b)
+    with duckdb.connect(str(warehouse), read_only=True) as conn:
+        status = dict(conn.execute("select file, arg_max(status, recorded_at) from audit.landing_files group by 1").fetchall())
+    assert status == {"a.parquet": "landed", "b.parquet": "accepted"} and (landing / "a.parquet").is_file()
+
+    # Landed again (as the landing sensor does), nothing is lost.
+    assert _run(history, landing, warehouse, DELTA_SELECTION, config_a).success
+    assert len(read_table(warehouse, "purchases")) == history_lines + len(new_day)

@@ -22,7 +22,7 @@ from cross_sell.ingest import publication
 from cross_sell.ingest.formats import FORMAT_TABLE, get_format, publish_format_sql, published_capabilities
 from cross_sell.ingest.landing import InputAmbiguousError, InputMissingError, find_files, find_source_files, land, rejects_as_failure_cases_sql
 from cross_sell.ingest.source import SourceLayoutError, source_table
-from cross_sell.quality import build_gate_check, check_result, GateReport, validate_table
+from cross_sell.quality import build_gate_check, check_result, GateReport, require_own_load, validate_table
 from cross_sell.resources import InputFiles
 from cross_sell.warehouse import (
     AUDIT_SCHEMA, PUBLISHED_SCHEMA, connect, markdown, quoted, replace_table, row_count, table_columns, table_exists,
@@ -296,6 +296,7 @@ def source_rules(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource)
     extra: dict[str, object] = {}
     try:
         with connect(duckdb) as conn:
+            require_own_load(conn, PURCHASES.table, context.run.run_id)
             input_format = get_format(audit_log.current_format(conn, PURCHASES.table))
             extra["input_format"] = input_format.name
             if input_format.source_contract is None:  # canonical: the contract gate is the whole rule set
@@ -308,6 +309,8 @@ def source_rules(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource)
                 extra.update({f"invalid_count({c})": sum(by_column.get(c, 0) for by_column in counts.values())
                               for c in schema.columns})
             audit_log.record_gate(conn, PURCHASES.table, SOURCE_RULES_GATE, report.passed, report.failing_count, context.run.run_id)
+    except dg.Failure:
+        raise  # no verdict: the load this run landed is gone
     except Exception as exc:  # always return a result: no result would mean no block
         report = GateReport(contract=SOURCE_RULES_GATE, rows_checked=0, error=f"{type(exc).__name__}: {exc}")
     gate = f"Gate {PURCHASES.audit_key.to_user_string()}:{SOURCE_RULES_GATE}"
@@ -332,9 +335,12 @@ def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
     def _check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource) -> dg.AssetCheckResult:
         try:
             with connect(duckdb) as conn:
+                require_own_load(conn, ds.table, context.run.run_id)
                 new = row_count(conn, ds.table, AUDIT_SCHEMA) or 0
                 published = row_count(conn, ds.table)
                 delta = audit_log.current_mode(conn, ds.table) == audit_log.DELTA
+        except dg.Failure:
+            raise  # the load this run landed is gone: no signal about another run's load
         except Exception as exc:
             report = GateReport(contract=ROW_COUNT_DROP, rows_checked=0, error=f"{type(exc).__name__}: {exc}")
             return check_result(report, severity=dg.AssetCheckSeverity.WARN)
@@ -434,6 +440,8 @@ def publish_inputs(
     and products), so a customer or product load that failed its gate does not hold it back."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
     with connect(duckdb) as conn:
+        for ds in DATASETS:  # never another run's load in place of the one this run landed
+            require_own_load(conn, ds.table, context.run.run_id)
         delta = is_delta_load(conn)
         if delta and selected != {PURCHASES.table}:
             raise dg.Failure(
