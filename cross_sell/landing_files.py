@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -238,12 +238,19 @@ def _now() -> datetime:
 
 def _record(
     conn: duckdb.DuckDBPyConnection, file: str, sha256: str | None, rows: int | None, status: str, run_id: str,
-    path: Path, detail: str,
+    path: Path, detail: str, at: datetime | None = None,
 ) -> None:
     conn.execute(
         f"insert into {AUDIT_SCHEMA}.{LOG_TABLE} values (?, ?, ?, ?, ?, ?, ?, ?)",
-        [file, sha256, rows, status, run_id, _now(), str(path), detail],
+        [file, sha256, rows, status, run_id, at or _now(), str(path), detail],
     )
+
+
+def _in_order(count: int) -> list[datetime]:
+    """``count`` distinct, increasing record times from now: files landed by one run are recorded
+    in the order they win a purchase_id, and keep that order in every later load."""
+    start = _now()
+    return [start + timedelta(microseconds=i) for i in range(count)]
 
 
 def _column_types(conn: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
@@ -342,10 +349,10 @@ def add_landed_files(
     conn.execute("drop table _landed")
 
     ensure_log(conn)
-    for path in new:
+    for path, at in zip(new, _in_order(len(new))):
         rows = int(read.get(str(path), 0))
         detail = f"{rows} rows read, {replaced.get(str(path), 0)} of them replace earlier lines with the same purchase_id"
-        _record(conn, path.name, file_sha256(path), rows, LANDED, run_id, path, detail)
+        _record(conn, path.name, file_sha256(path), rows, LANDED, run_id, path, detail, at)
 
     rows = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}").fetchall()[0][0])
     rejected = int(conn.execute(f"select count(*) from {AUDIT_SCHEMA}.{table}_rejects").fetchall()[0][0])
@@ -391,11 +398,11 @@ def land_delta(
         ).fetchall()
     }
     ensure_log(conn)
-    for path in new:
+    for path, at in zip(new, _in_order(len(new))):
         rows, replaces = read.get(str(path), (0, 0))
         _record(conn, path.name, file_sha256(path), rows, LANDED, run_id, path,
                 f"{rows} rows read, {replaces} of them replace published lines with the same purchase_id "
-                "(incremental upsert)")
+                "(incremental upsert)", at)
     return report
 
 
@@ -461,14 +468,16 @@ def reject(
 
 def mark_published(conn: duckdb.DuckDBPyConnection, landing_run_id: str | None, run_id: str, publish_id: str) -> int:
     """In the publishing transaction: record as ``published`` the files the run that landed the
-    published purchase load recorded as ``landed``, whichever run publishes. Returns how many."""
+    published purchase load recorded as ``landed``, whichever run publishes, in the order they
+    were landed (the order in which they win a purchase_id, which every later full load keeps).
+    Returns how many."""
     if landing_run_id is None:
         return 0
     ensure_log(conn)
     return int(conn.execute(
         f"""insert into {AUDIT_SCHEMA}.{LOG_TABLE}
-            select file, sha256, rows, ?, ?, ?, path, ? from {AUDIT_SCHEMA}.{LOG_TABLE}
-            where run_id = ? and status = ?""",
+            select file, sha256, rows, ?, ?, ? + (recorded_at - min(recorded_at) over ()), path, ?
+            from {AUDIT_SCHEMA}.{LOG_TABLE} where run_id = ? and status = ?""",
         [PUBLISHED, run_id, _now(), f"lines published (publish {publish_id}); archiving pending", landing_run_id, LANDED],
     ).fetchall()[0][0])
 

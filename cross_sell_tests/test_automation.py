@@ -647,3 +647,23 @@ def test_automation_recovers_after_a_failed_full_refresh(env: Env) -> None:
     assert env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0]).success
     cursor, ticks = settle(env, cursor)
     assert len(ticks) == 1 and set(DOWNSTREAM) | serving <= ticks[0]
+
+
+def test_landing_files_of_one_full_load_keep_their_order_in_every_later_refresh(env: Env) -> None:
+    """A full load given several landing files applies them in the order given, a later file
+    correcting an earlier one; the daily refreshes after it keep that order (they used to order
+    the files, published at one instant, by their archive names)."""
+    assert env.materialize(INGEST_GROUP).success
+    names = [f"fix_{i}.csv" for i in range(6)]
+    for i, name in enumerate(names):
+        drop(env.landing, name, HEADER + f"L1,O1,C1,P1,2025-01-01 10:00:00,1,{20 + i},web\n")
+    config = {"ops": {"audit__purchases": {"config": {"landing_files": names}}}}
+    assert env.materialize(INGEST_GROUP, run_config=config).success
+    for _ in range(3):
+        assert env.table("purchases", "purchase_id").set_index("purchase_id").loc["L1", "amount"] == 25
+        assert env.materialize(INGEST_GROUP).success
+    # Recorded published one after the other, in the order given, so no later load depends on
+    # which file happened to be archived first (two files published at one instant could swap).
+    log = env.table("audit.landing_files", "recorded_at")
+    published = log[log.status == "published"]
+    assert published.file.tolist() == names and published.recorded_at.is_unique
