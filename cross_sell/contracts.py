@@ -23,6 +23,7 @@ from pandera.typing import Series
 CHANNELS = ("web", "store", "catalog", "other")
 NON_BLANK = r"^\s*\S"
 SURROUNDING_SPACE = r"^[ \t\n\r\f\v]|[ \t\n\r\f\v]$"  # ASCII whitespace: the same in Python and DuckDB
+_ASCII_SPACE_CODES = "(9, 10, 11, 12, 13, 32)"  # the same characters, as codes: tab to carriage return, and space
 
 # Strict ISO 8601 parsing: a guessing parser silently swaps day and month in dd-mm-yyyy data.
 _ISO = {"to_datetime_kwargs": {"format": "ISO8601"}}
@@ -142,6 +143,16 @@ class Purchase(pa.DataFrameModel):
         required=False, nullable=True, isin=list(CHANNELS), description="Sales channel: web, store, catalog or other."
     )
 
+    @pa.check("purchase_id", name="no_surrounding_spaces")
+    def purchase_id_no_surrounding_spaces(cls, purchase_id: Series[str]) -> Series[bool]:
+        # "L1 " re-sent beside "L1" would be a second line, counted twice, instead of replacing it.
+        return _no_surrounding_space(purchase_id)
+
+    @pa.check("order_id", name="no_surrounding_spaces")
+    def order_id_no_surrounding_spaces(cls, order_id: Series[str]) -> Series[bool]:
+        # "O1 " beside "O1" would split one basket in two: more orders, smaller baskets.
+        return _no_surrounding_space(order_id)
+
     @pa.check("amount", name="finite")
     def amount_finite(cls, amount: Series[float]) -> Series[bool]:
         return _finite(amount)
@@ -170,7 +181,11 @@ SQL_CHECKS: dict[str, Callable[[str], str]] = {
         f"{column} <= timestamp '{(_now_naive_utc() + FUTURE_TOLERANCE).isoformat(sep=' ')}'"
     ),
     "not_after_this_year": lambda column: f"{column} <= {datetime.now(timezone.utc).year}",
-    "no_surrounding_spaces": lambda column: f"not regexp_matches({column}, '{SURROUNDING_SPACE}')",
+    # The first and last characters' codes, not a regular expression: the same rule, about twice
+    # as fast on the 10 M purchase ids.
+    "no_surrounding_spaces": lambda column: (
+        f"not (ascii({column}) in {_ASCII_SPACE_CODES} or ascii(right({column}, 1)) in {_ASCII_SPACE_CODES})"
+    ),
     "finite": lambda column: f"isfinite({column})",  # NaN, which DuckDB does not count as null, fails too
 }
 

@@ -303,6 +303,12 @@ CASES = [
         {CUSTOMER_GATE: {"validity:no_surrounding_spaces": {"customer_id": 1}}},
     ),
     Case(
+        "purchase_and_order_ids_with_spaces",  # 'L2 ' re-sent beside 'L2' would be counted twice
+        replace_line("purchase.csv", "L2,O1,", "L2 , O1,"),
+        {PURCHASE_CONTRACT_STEP},
+        {PURCHASE_GATE: {"validity:no_surrounding_spaces": {"purchase_id": 1, "order_id": 1}}},
+    ),
+    Case(
         "category_with_a_trailing_space",  # 'Fish ' beside 'Fish' would be a second category
         replace_line("product.csv", "P3,Salmon,Fish,15", "P3,Salmon,Fish ,15"),
         {"audit__products_contract"},
