@@ -97,7 +97,7 @@ class AcceptedFilesMissingError(LandingFileError):
         self.archive = archive
         where = archive if archive is not None else "any archive (no landing folder is configured)"
         super().__init__(
-            f"{len(missing)} accepted landing file(s) are not in {where}: {', '.join(missing[:10])}"
+            f"{len(missing)} landing file(s) whose lines are published are not in {where}: {', '.join(missing[:10])}"
             f"{' ...' if len(missing) > 10 else ''}. A full load without them would drop their published "
             "purchase lines. Point CROSS_SELL_LANDING_DIR at the landing folder that holds processed/ "
             "(or put the files back); to drop their lines on purpose, run the load once with "
@@ -186,15 +186,19 @@ def accepted_files(
     lines. Matched by archive name, unique per file, so a moved landing folder still works.
 
     An accepted file that is not in the archive (another landing folder configured, the archive
-    cleaned up) raises :class:`AcceptedFilesMissingError`: a full load without it would drop its
+    cleaned up), or a published one that could not be archived because it left the landing
+    folder, raises :class:`AcceptedFilesMissingError`: a full load without it would drop its
     published lines silently. With ``withdraw_missing`` such files are recorded ``withdrawn``
-    instead, and are no longer part of the input."""
+    instead, and are no longer part of the input. Call :func:`archive_published` first."""
     rows = _accepted_rows(conn)
-    if not rows:
+    # Published but never archived (the move failed, then the file was taken out of the landing
+    # folder, which archiving had already tried): its lines are published, and no archive holds them.
+    unarchived = [(file, sha, path) for file, sha, _, status, path in _latest(conn) if status == PUBLISHED]
+    if not rows and not unarchived:
         return []
     archive = landing_dir / PROCESSED if landing_dir is not None else None
     archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)} if archive and archive.is_dir() else {}
-    missing = [(file, sha, path) for file, sha, path in rows if Path(path).name not in archived]
+    missing = [(file, sha, path) for file, sha, path in rows if Path(path).name not in archived] + unarchived
     if missing and not withdraw_missing:
         raise AcceptedFilesMissingError([Path(path).name for _, _, path in missing], archive)
     for file, sha, path in missing:
@@ -508,7 +512,7 @@ def archive_published(conn: duckdb.DuckDBPyConnection, landing_dir: Path | None,
             candidates.append(landing_dir / REJECTED / rejected_paths[(file, sha)].name)
         source = next((c for c in candidates if c.is_file() and file_sha256(c) == sha), None)
         if source is None:
-            continue  # removed by hand: its lines stay published, but no later full load reads them
+            continue  # removed by hand: the next full load fails, naming it (see accepted_files)
         settled.append(_move(conn, source, landing_dir, ACCEPTED, file, sha, rows, run_id, "lines published; archived"))
     return settled
 

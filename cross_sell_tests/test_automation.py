@@ -290,6 +290,32 @@ def test_a_full_load_missing_an_accepted_file_fails_instead_of_dropping_its_line
     assert env.materialize(INGEST_GROUP).success  # withdrawn: no longer expected
 
 
+def test_a_published_file_taken_away_before_it_was_archived_fails_the_next_full_load(env: Env) -> None:
+    """A file whose lines were published but whose move to the archive failed, then taken out of
+    the landing folder by hand: the next full load must not drop its lines without a word."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)
+    (env.landing / landing_files.PROCESSED).write_text("")  # a file where the archive folder goes: the move fails
+    result = env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0])
+    assert not result.success and result.get_failed_step_keys() == {"publish_inputs"}
+    before = env.table("purchases", "purchase_id")
+    assert len(before) == 7  # published before the move failed
+    (env.landing / landing_files.PROCESSED).unlink()
+    (env.landing / "new.csv").rename(env.landing.parent / "new.csv")  # taken away by hand
+
+    failed = env.materialize(INGEST_GROUP)
+    [failure] = [e for e in failed.all_events if e.is_step_failure and e.step_key == "audit__purchases"]
+    data = failure.step_failure_data.user_failure_data
+    assert data.metadata["rule"].value == "accepted_landing_files_present" and "new.csv" in data.description
+    pd.testing.assert_frame_equal(env.table("purchases", "purchase_id"), before)
+
+    config = {"ops": {"audit__purchases": {"config": {"withdraw_missing_landing_files": True}}}}
+    assert env.materialize(INGEST_GROUP, run_config=config).success
+    assert len(env.table("purchases")) == 6  # dropped on purpose, and recorded
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "published", "withdrawn"]
+
+
 def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -> None:
     assert env.materialize(dg.AssetSelection.assets("cross_sell_scores").upstream()).success
     before = {t: env.table(t) for t in ("purchases", "customers", "cross_sell_scores")}
