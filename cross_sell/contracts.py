@@ -346,6 +346,11 @@ def column_names(model: type[pa.DataFrameModel]) -> list[str]:
     return list(model.to_schema().columns)
 
 
+def required_column_names(model: type[pa.DataFrameModel]) -> list[str]:
+    """Contract columns every input must have, in declared order."""
+    return [name for name, column in model.to_schema().columns.items() if column.required]
+
+
 def table_schema(model: type[pa.DataFrameModel]) -> dg.TableSchema:
     """The Dagster column schema (``dagster/column_schema``) derived from a pandera model."""
     schema = model.to_schema()

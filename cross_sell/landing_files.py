@@ -105,6 +105,30 @@ class AcceptedFilesMissingError(LandingFileError):
         )
 
 
+class LandingColumnsMissingError(LandingFileError):
+    """A landing file lacks columns of the purchase contract. Its lines cannot be upserted (no
+    purchase_id) or would publish nulls, and next to the history, which has the columns, the
+    contract gate would not see which file they are missing from."""
+
+    def __init__(self, file: str, missing: list[str], received: Sequence[str]):
+        self.file = file
+        self.missing = missing
+        by_case = {name.lower(): name for name in received}
+        notes = [f"{m} (the file has {by_case[m.lower()]!r}: column names are case-sensitive)"
+                 if m.lower() in by_case else m for m in missing]
+        super().__init__(
+            f"landing file {file} lacks the purchase contract's column(s) {', '.join(notes)}; it has "
+            f"{', '.join(received) or 'no columns'}. A landing file holds canonical purchase lines, with a header naming "
+            "the contract's columns"
+        )
+
+
+def _require_columns(file: Path, received: Sequence[str], required: Sequence[str]) -> None:
+    missing = [name for name in required if name not in received]
+    if missing:
+        raise LandingColumnsMissingError(file.name, missing, [c for c in received if c != "_source_file"])
+
+
 @dataclass(frozen=True)
 class PendingFile:
     """A file waiting in the landing folder, identified by name, size and modification time."""
@@ -270,6 +294,7 @@ def add_landed_files(
     run_id: str,
     contract_types: Mapping[str, str] | None = None,
     withdraw_missing: bool = False,
+    required_columns: Sequence[str] = (),
 ) -> LandingReport:
     """Add the accepted landing files and the new ones to ``audit.<table>`` (already holding the
     source files), upserting by purchase_id, and record the new files as ``landed``. Accepted
@@ -285,7 +310,9 @@ def add_landed_files(
     history holds it typed (a CSV file next to Parquet sources) is turned into text first, so
     the gate still reports a value that cannot be typed.
 
-    Runs in the caller's transaction, so a failure leaves the audit tables as they were.
+    A new file that lacks a column in ``required_columns`` raises
+    :class:`LandingColumnsMissingError`, naming it. Runs in the caller's transaction, so a
+    failure leaves the audit tables as they were.
     """
     new = resolve_pending(landing_dir, new_names)
     sources = [*accepted_files(conn, landing_dir, withdraw_missing=withdraw_missing, run_id=run_id), *new]
@@ -295,6 +322,8 @@ def add_landed_files(
     parts = [f"_landing_{i}" for i in range(len(sources))]
     for part, path in zip(parts, sources):
         land(conn, part, [path], contract_columns, contract_types=contract_types)  # same reader, same reject handling
+        if path in new:
+            _require_columns(path, table_columns(conn, part, AUDIT_SCHEMA), required_columns)
         conn.execute(f"insert into {AUDIT_SCHEMA}.{table}_rejects select * from {AUDIT_SCHEMA}.{part}_rejects")
         conn.execute(f"drop table {AUDIT_SCHEMA}.{part}_rejects")
 
@@ -379,6 +408,7 @@ def land_delta(
     contract_columns: list[str],
     run_id: str,
     contract_types: Mapping[str, str] | None = None,
+    required_columns: Sequence[str] = (),
 ) -> LandingReport:
     """Land only the named new files into ``audit.purchases``: the load of an incremental run,
     which the publish step upserts into the published purchases by purchase_id instead of
@@ -389,6 +419,13 @@ def land_delta(
     if not new:
         raise LandingFileError("an incremental (delta) landing needs at least one file from the landing folder")
     report = land(conn, "purchases", new, contract_columns, contract_types=contract_types)
+    if len(new) == 1:
+        _require_columns(new[0], report.columns, required_columns)
+    elif report.missing_columns:  # which file lacks them: each read alone (landing files are small)
+        for path in new:
+            one = land(conn, "_landing_one", [path], contract_columns, contract_types=contract_types)
+            conn.execute(f"drop table {AUDIT_SCHEMA}._landing_one; drop table {AUDIT_SCHEMA}._landing_one_rejects")
+            _require_columns(path, one.columns, required_columns)
     published = conn.execute(
         "select count(*) from information_schema.tables where table_schema = 'main' and table_name = 'purchases'"
     ).fetchall()[0][0]

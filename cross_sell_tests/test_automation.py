@@ -517,6 +517,32 @@ def test_unreadable_landing_file_fails_its_run_and_is_rejected_unchanged(env: En
     assert entry.status == "rejected" and "run failed" in entry.detail
 
 
+def test_a_landing_file_without_the_contract_columns_is_refused_naming_it(env: Env) -> None:
+    """A file in another layout (a basket log: no purchase_id) or with its header in capitals:
+    refused at landing, naming the file and the columns, in an increment and in a full load alike
+    (a full load used to blame the source file, with an SQL binder error)."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "basket.csv", "Member_number,Date,itemDescription\nC1,2025-04-02,P2\n")
+    drop(env.landing, "shouting.csv", HEADER.upper() + NEW_LINES)
+
+    def refusal(result: dg.ExecuteInProcessResult):
+        assert not result.success and result.get_failed_step_keys() == {"audit__purchases"}
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        data = failure.step_failure_data.user_failure_data
+        assert data.metadata["rule"].value == "schema:column_present"
+        return data.description
+
+    for name in ("basket.csv", "shouting.csv"):
+        delta = {"ops": {"audit__purchases": {"config": {"landing_files": [name], "delta": True}}}}
+        full = {"ops": {"audit__purchases": {"config": {"landing_files": [name]}}}}
+        for config, selection in ((delta, ["audit/purchases", "purchases"]), (full, INGEST_GROUP)):
+            description = refusal(env.materialize(selection, run_config=config))
+            assert f"landing file {name} lacks the purchase contract's column(s) purchase_id" in description
+            assert "purchase.csv" not in description
+    assert "(the file has 'PURCHASE_ID': column names are case-sensitive)" in description
+    assert len(env.table("purchases")) == 6
+
+
 # --- schedule --------------------------------------------------------------------------------------
 
 

@@ -129,6 +129,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                     report = landing_files.land_delta(
                         conn, input_files.landing_path(), config.landing_files,
                         contracts.column_names(ds.contract), context.run.run_id, contract_types=contract_types(ds),
+                        required_columns=contracts.required_column_names(ds.contract),
                     )
                 else:
                     report = land(conn, ds.table, files, contracts.column_names(ds.contract), contract_types=contract_types(ds))
@@ -137,9 +138,15 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                         conn, report, input_files.landing_path(), config.landing_files,
                         contracts.column_names(ds.contract), context.run.run_id, contract_types=contract_types(ds),
                         withdraw_missing=config.withdraw_missing_landing_files,
+                        required_columns=contracts.required_column_names(ds.contract),
                     )
                 elif config.landing_files and ds is not PURCHASES:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
+            except landing_files.LandingColumnsMissingError as exc:
+                raise dg.Failure(
+                    description=f"{ds.table}: {exc}",
+                    metadata={"rule": "schema:column_present", "file": exc.file, "missing": exc.missing},
+                ) from exc
             except landing_files.AcceptedFilesMissingError as exc:
                 raise dg.Failure(
                     description=f"{ds.table}: {exc}",
