@@ -211,11 +211,22 @@ def replace_table(conn: duckdb.DuckDBPyConnection, table: str, select: str) -> i
 
 
 
+def _visible(value: object) -> object:
+    """Text with spaces, tabs or line breaks around it, quoted: a table cell drops them, and a
+    gate's sample would show ``'C1 '``, the value it failed on, as ``C1``."""
+    return repr(value) if isinstance(value, str) and value != value.strip() else value
+
+
 def markdown(df: pd.DataFrame, float_digits: int = 4) -> str:
-    """A markdown table for metadata previews (empty frames say so)."""
+    """A markdown table for metadata previews (empty frames say so; text with surrounding
+    whitespace is quoted so it shows)."""
     if df.empty:
         return "_no rows_"
-    return df.to_markdown(index=False, floatfmt=f".{float_digits}g")
+    shown = df.copy()
+    for i in range(df.shape[1]):
+        if df.dtypes.iloc[i] == object or isinstance(df.dtypes.iloc[i], pd.StringDtype):
+            shown.isetitem(i, df.iloc[:, i].map(_visible))
+    return shown.to_markdown(index=False, floatfmt=f".{float_digits}g")
 
 
 def uri(resource: DuckDBResource, table: str, schema: str = PUBLISHED_SCHEMA) -> str:

@@ -418,6 +418,20 @@ def test_a_quote_left_open_mid_file_says_the_lines_after_it_were_lost(
     assert_unchanged(warehouse_path, before)
 
 
+def test_a_value_failing_for_its_spaces_shows_them_in_the_sample(
+    after_good_run, run_graph: RunGraph, warehouse_path: Path
+) -> None:
+    """A table cell drops surrounding whitespace: 'C1 ' would read as C1, an existing customer."""
+    data, before = after_good_run
+    replace_line("purchase.csv", L1, L1.replace(",C1,", ",C1 ,"))(data)
+    result = run_graph(data)
+    assert not result.success
+    gate = _evaluation(result, "audit/purchases", "referential_integrity")
+    assert gate.metadata["failure_counts"].value == {"referential_integrity:exists_in_customer": {"customer_id": 1}}
+    assert "'C1 '" in gate.metadata["failing_rows_sample"].value
+    assert_unchanged(warehouse_path, before)
+
+
 # ---------------------------------------------------------------------------------------------
 # Inputs that are unusual but acceptable, and soft signals.
 
