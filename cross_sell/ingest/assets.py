@@ -362,8 +362,9 @@ def _row_count_drop_check(ds: Dataset) -> dg.AssetChecksDefinition:
         if not passed:  # never blocks, so say it where people look: the run's log and the alerts table
             gate = f"{ds.audit_key.to_user_string()}:{ROW_COUNT_DROP}"
             message = (
-                f"the new {ds.table} input has {new} rows, {ratio:.0%} of the {published} published; it will be "
-                "published all the same. If the input was cut short, put the full file back and refresh again."
+                f"the new {ds.table} input has {new} rows, {ratio:.0%} of the {published} published; this check "
+                "never blocks, so it is published if its gates pass. If the input was cut short, put the full "
+                "file back and refresh again."
             )
             context.log.warning(f"{gate}: {message}")
             with connect(duckdb) as conn:
