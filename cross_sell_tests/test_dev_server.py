@@ -29,7 +29,7 @@ from dagster._core.test_utils import freeze_time  # private: tests only (stamps 
 
 from cross_sell.definitions import ASSETS, CHECKS
 from cross_sell.resources import InputFiles
-from cross_sell_tests.conftest import PROJECT_ROOT, cli_env, make_resources
+from cross_sell_tests.conftest import PROJECT_ROOT, cli_env, dagster_cli, make_resources
 from cross_sell_tests.devserver import DevServer, dagster_dev
 
 pytestmark = pytest.mark.slow
@@ -95,6 +95,15 @@ def read(warehouse: Path, sql: str, timeout: float = 60) -> list[tuple]:
             time.sleep(0.5)
 
 
+def readme_stop_commands() -> list[list[str]]:
+    """The `dagster ... stop` commands of the README's "Turning things on and off", as arguments."""
+    block = (PROJECT_ROOT / "README.md").read_text().split("**Turning things on and off.**", 1)[1].split("```")[1]
+    commands = [line.split("#")[0].split()[1:] for line in block.splitlines() if line.startswith(".venv/bin/dagster ")]
+    stops = [c for c in commands if "stop" in c]
+    assert len(stops) == 4, block
+    return stops
+
+
 def test_dagster_dev_runs_the_product_by_itself(
     tmp_path: Path, tiny_data: Path, warehouse_path: Path, dagster_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,6 +163,15 @@ def test_dagster_dev_runs_the_product_by_itself(
         # Still one ingest run after more sensor ticks: the cursor holds.
         assert len(server.graphql(RUNS_QUERY, {"key": "cross_sell/landing_file", "value": "new_purchases.csv"})
                    ["runsOrError"]["results"]) == 1
+
+        # The README's commands that turn automation off from the shell turn it off in this server.
+        for command in readme_stop_commands():
+            done = subprocess.run([*dagster_cli(), *command], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+        repo = server.graphql(AUTOMATION_QUERY)["repositoriesOrError"]["nodes"][0]
+        assert {s["sensorState"]["status"] for s in repo["sensors"]} == {"STOPPED"}
+        assert {s["scheduleState"]["status"] for s in repo["schedules"]} == {"STOPPED"}
     print(f"dagster dev end to end: {time.monotonic() - started:.0f}s, startup {server.started_in:.1f}s, "
           f"shutdown {server.stopped_in:.1f}s")
     assert server.leftover == [], f"processes left behind: {server.leftover}"
