@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -149,10 +150,13 @@ class Recovery:
     slots_freed: int
     unfinished: list[str]
 
-    def rerun_command(self) -> str | None:
+    def rerun_command(self, settings: Mapping[str, str] | None = None) -> str | None:
+        """The command that materializes what the run left undone, with ``settings`` (the
+        ``CROSS_SELL_*`` variables that point it at a warehouse and inputs) in front."""
         if not self.unfinished:
             return None
-        return f"dagster asset materialize -m cross_sell.definitions --select '{','.join(self.unfinished)}'"
+        prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in sorted((settings or {}).items()))
+        return f"{prefix}dagster asset materialize -m cross_sell.definitions --select '{','.join(self.unfinished)}'"
 
 
 def fail_dead_run(instance: dg.DagsterInstance, run_id: str, force: bool = False) -> Recovery:
@@ -224,9 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     print(f"Run {recovery.run_id}: {'marked failed' if recovery.marked_failed else 'already ended'}; "
           f"{recovery.slots_freed} pool slot(s) freed; its events are kept.")
-    command = recovery.rerun_command()
+    settings = {name: value for name, value in os.environ.items() if name.startswith("CROSS_SELL_")}
+    command = recovery.rerun_command(settings)
     if command:
         print(f"It left {len(recovery.unfinished)} asset(s) unmaterialized. To finish its work:\n  {command}")
+        print("  (with this shell's CROSS_SELL_* settings: they must be the dead run's, its warehouse and inputs)"
+              if settings else "  (no CROSS_SELL_* variable is set here: it targets the default warehouse and inputs; "
+              "set the ones the dead run had first)")
     return 0
 
 

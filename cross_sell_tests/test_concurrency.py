@@ -138,6 +138,8 @@ def test_sigkill_while_publishing_leaves_published_tables_as_before(tmp_path: Pa
                                capture_output=True, text=True, timeout=120)
     assert recovered.returncode == 0, recovered.stderr
     assert "marked failed; 1 pool slot(s) freed" in recovered.stdout
+    # Carrying the shell's settings, so it finishes the work in the dead run's warehouse.
+    assert f"CROSS_SELL_DUCKDB_PATH={warehouse} " in recovered.stdout
     assert "dagster asset materialize -m cross_sell.definitions --select '" in recovered.stdout
     assert "customers" in recovered.stdout and "cross_sell_scores" in recovered.stdout
     assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
