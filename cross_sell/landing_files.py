@@ -22,8 +22,11 @@ Accepted files stay part of the purchase input: every later landing of purchases
 refresh included) reads them after the source files, so re-reading ``$CROSS_SELL_DATA_DIR`` never
 loses landed rows. Only the files the warehouse's own log accepted count: another warehouse
 sharing the landing folder never reads them. Rows are upserted by ``purchase_id``: for each id
-only the rows of the most recent source are kept, so landing the same lines twice, even under
-another file name, never duplicates them, and a later file can correct a line. Duplicates *within* one file are kept, so
+only the rows of the most recent source are kept (the source files first, then the accepted files
+in the order they were published, whatever the source files' age), so landing the same lines
+twice, even under another file name, never duplicates them, and a later file can correct a line.
+A source extract newer than an accepted file is warned about, and ``withdraw_accepted_landing_files``
+lets it take over. Duplicates *within* one file are kept, so
 the uniqueness gate still sees and reports them.
 """
 
@@ -184,13 +187,13 @@ def status_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return dict(conn.execute(f"select status, count(*) from ({_LATEST_SQL}) group by 1").fetchall())
 
 
-def _accepted_rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
-    """(file, sha256, archive path) of every file version whose latest status is ``accepted``, in
-    the order their lines were published."""
+def _accepted_rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str, datetime]]:
+    """(file, sha256, archive path, when its lines were published) of every file version whose
+    latest status is ``accepted``, in the order their lines were published."""
     ensure_log(conn)
     return conn.execute(
         f"""with latest as ({_LATEST_SQL})
-            select a.file, a.sha256, a.path from {AUDIT_SCHEMA}.{LOG_TABLE} a
+            select a.file, a.sha256, a.path, coalesce(max(p.recorded_at), a.recorded_at) from {AUDIT_SCHEMA}.{LOG_TABLE} a
             join latest l on l.file = a.file and l.sha256 = a.sha256 and l.status = ?
             left join {AUDIT_SCHEMA}.{LOG_TABLE} p on p.status = ? and p.file = a.file and p.sha256 = a.sha256
                  and p.recorded_at <= a.recorded_at
@@ -201,9 +204,18 @@ def _accepted_rows(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]
     ).fetchall()
 
 
+@dataclass(frozen=True)
+class AcceptedFile:
+    """An accepted landing file, as a full load reads it again."""
+
+    path: Path  # in the archive
+    published_at: datetime  # UTC
+
+
 def accepted_files(
-    conn: duckdb.DuckDBPyConnection, landing_dir: Path | None, *, withdraw_missing: bool = False, run_id: str = ""
-) -> list[Path]:
+    conn: duckdb.DuckDBPyConnection, landing_dir: Path | None, *, withdraw_missing: bool = False,
+    withdraw_all: bool = False, run_id: str = "",
+) -> list[AcceptedFile]:
     """The files this warehouse accepted, in the order their lines were published (a later file
     wins a purchase_id). Only those its own log records as accepted: a landing folder shared with
     another warehouse (another dataset, a test copy) holds archives that are not this product's
@@ -213,22 +225,29 @@ def accepted_files(
     cleaned up), or a published one that could not be archived because it left the landing
     folder, raises :class:`AcceptedFilesMissingError`: a full load without it would drop its
     published lines silently. With ``withdraw_missing`` such files are recorded ``withdrawn``
-    instead, and are no longer part of the input. Call :func:`archive_published` first."""
+    instead, and are no longer part of the input. With ``withdraw_all`` every one of them is (the
+    source files were extracted again and hold their lines). Call :func:`archive_published` first."""
     rows = _accepted_rows(conn)
     # Published but never archived (the move failed, then the file was taken out of the landing
     # folder, which archiving had already tried): its lines are published, and no archive holds them.
     unarchived = [(file, sha, path) for file, sha, _, status, path in _latest(conn) if status == PUBLISHED]
     if not rows and not unarchived:
         return []
+    if withdraw_all:
+        for file, sha, path in [(file, sha, path) for file, sha, path, _ in rows] + unarchived:
+            _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path),
+                    "withdrawn on request (withdraw_accepted_landing_files): the source files hold its lines now")
+        return []
     archive = landing_dir / PROCESSED if landing_dir is not None else None
     archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)} if archive and archive.is_dir() else {}
-    missing = [(file, sha, path) for file, sha, path in rows if Path(path).name not in archived] + unarchived
+    missing = [(file, sha, path) for file, sha, path, _ in rows if Path(path).name not in archived] + unarchived
     if missing and not withdraw_missing:
         raise AcceptedFilesMissingError([Path(path).name for _, _, path in missing], archive)
     for file, sha, path in missing:
         _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path),
                 f"archive not found in {archive or 'any landing folder'}: its lines are no longer part of the purchase input")
-    return [archived[name] for name in dict.fromkeys(Path(path).name for *_, path in rows) if name in archived]
+    published = {Path(path).name: at for *_, path, at in rows}
+    return [AcceptedFile(archived[name], at) for name, at in published.items() if name in archived]
 
 
 def resolve_pending(landing_dir: Path | None, names: Sequence[str]) -> list[Path]:
@@ -295,6 +314,7 @@ def add_landed_files(
     contract_types: Mapping[str, str] | None = None,
     withdraw_missing: bool = False,
     required_columns: Sequence[str] = (),
+    withdraw_accepted: bool = False,
 ) -> LandingReport:
     """Add the accepted landing files and the new ones to ``audit.<table>`` (already holding the
     source files), upserting by purchase_id, and record the new files as ``landed``. Accepted
@@ -315,7 +335,9 @@ def add_landed_files(
     failure leaves the audit tables as they were.
     """
     new = resolve_pending(landing_dir, new_names)
-    sources = [*accepted_files(conn, landing_dir, withdraw_missing=withdraw_missing, run_id=run_id), *new]
+    accepted = accepted_files(conn, landing_dir, withdraw_missing=withdraw_missing, withdraw_all=withdraw_accepted,
+                              run_id=run_id)
+    sources = [*(a.path for a in accepted), *new]
     if not sources:
         return report
     table = report.table
@@ -392,6 +414,7 @@ def add_landed_files(
     received = [c for c in table_columns(conn, table, AUDIT_SCHEMA) if c != "_source_file"]
     return replace(
         report,
+        warnings=[*report.warnings, *_overrides_of_newer_sources(report.files, accepted, replaced)],
         files=[*report.files, *sources],
         rows=rows,
         columns=received,
@@ -399,6 +422,29 @@ def add_landed_files(
         missing_columns=[c for c in contract_columns if c not in received],
         rejected_lines=rejected,
     )
+
+
+def _overrides_of_newer_sources(
+    source_files: Sequence[Path], accepted: Sequence[AcceptedFile], replaced: Mapping[str, int]
+) -> list[str]:
+    """Warnings for accepted landing files whose lines win over source files modified after they
+    were published: an upstream re-extract whose corrections and cancellations the older landing
+    files would silently undo (accepted landing files always win over the source files)."""
+    if not source_files:
+        return []
+    newest = max(source_files, key=lambda p: p.stat().st_mtime)
+    modified = datetime.fromtimestamp(newest.stat().st_mtime, timezone.utc).replace(tzinfo=None)
+    stale = [(a, replaced[str(a.path)]) for a in accepted if a.published_at < modified and replaced.get(str(a.path))]
+    if not stale:
+        return []
+    files = ", ".join(f"{a.path.name.split('__')[-1]} ({lines} lines, published {a.published_at:%Y-%m-%d %H:%M} UTC)"
+                      for a, lines in stale)
+    return [
+        f"accepted landing files replace lines of the source files, which were modified after them ({newest.name}, "
+        f"{modified:%Y-%m-%d %H:%M} UTC): {files}. Accepted landing files always win over the source files. If the "
+        "new source extract already holds their lines (corrected or cancelled), withdraw them: run this load once "
+        "with config withdraw_accepted_landing_files: true on audit/purchases"
+    ]
 
 
 def land_delta(

@@ -316,6 +316,41 @@ def test_a_published_file_taken_away_before_it_was_archived_fails_the_next_full_
     assert log.status.tolist() == ["landed", "published", "withdrawn"]
 
 
+def test_a_source_extract_newer_than_an_accepted_file_is_warned_about_and_can_take_over(env: Env) -> None:
+    """Upstream extracts the source again, with a landed line corrected: the accepted landing file
+    still wins (the rule), but the load says so, naming the file, and the operator can withdraw
+    every accepted file so the new extract alone counts."""
+    assert env.materialize(INGEST_GROUP).success
+    drop(env.landing, "new.csv", HEADER + NEW_LINES)  # L1 corrected to 12, L7 added
+    assert env.run_job("ingest_landed_purchases", env.landing_tick(None).run_requests[0]).success
+    source = env.data / "purchase.csv"
+    lines = source.read_text().splitlines()
+    extract = [line.replace(",1,10,web", ",1,30,web") if line.startswith("L1,") else line for line in lines]
+    source.write_text("\n".join([*extract, NEW_LINES.splitlines()[0]]) + "\n")  # L1 at 30 now, L7 included
+
+    def landing_warnings(result: dg.ExecuteInProcessResult) -> list[str]:
+        [event] = [e for e in result.get_asset_materialization_events() if e.step_key == "audit__purchases"]
+        return event.materialization.metadata["warnings"].value
+
+    kept = env.materialize(INGEST_GROUP)
+    assert kept.success
+    assert env.table("purchases", "purchase_id").set_index("purchase_id").loc["L1", "amount"] == 12
+    [warning] = landing_warnings(kept)
+    assert "new.csv (2 lines, published" in warning and "modified after them (purchase.csv" in warning
+    assert "withdraw_accepted_landing_files: true" in warning
+
+    config = {"ops": {"audit__purchases": {"config": {"withdraw_accepted_landing_files": True}}}}
+    taken_over = env.materialize(INGEST_GROUP, run_config=config)
+    assert taken_over.success and landing_warnings(taken_over) == []
+    for result in (taken_over, env.materialize(INGEST_GROUP)):  # and every later refresh
+        assert result.success
+        purchases = env.table("purchases", "purchase_id").set_index("purchase_id")
+        assert len(purchases) == 7 and purchases.loc["L1", "amount"] == 30
+    log = env.table("audit.landing_files", "recorded_at")
+    assert log.status.tolist() == ["landed", "published", "accepted", "withdrawn"]
+    assert "withdraw_accepted_landing_files" in log.detail.iloc[-1]
+
+
 def test_bad_landing_file_fails_at_the_gate_loses_nothing_and_alerts(env: Env) -> None:
     assert env.materialize(dg.AssetSelection.assets("cross_sell_scores").upstream()).success
     before = {t: env.table(t) for t in ("purchases", "customers", "cross_sell_scores")}

@@ -72,6 +72,10 @@ class LandingConfig(dg.Config):
     """A full purchase load fails when files this warehouse accepted are missing from the landing
     archive (their published lines would be dropped). True drops them on purpose, recorded as
     ``withdrawn`` in ``audit.landing_files``."""
+    withdraw_accepted_landing_files: bool = False
+    """True drops every accepted landing file from this full load and every later one (recorded
+    ``withdrawn``): after upstream extracted the source files again with their lines, corrected or
+    cancelled, which the landing files would otherwise override."""
 
 
 def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
@@ -139,6 +143,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                         contracts.column_names(ds.contract), context.run.run_id, contract_types=contract_types(ds),
                         withdraw_missing=config.withdraw_missing_landing_files,
                         required_columns=contracts.required_column_names(ds.contract),
+                        withdraw_accepted=config.withdraw_accepted_landing_files,
                     )
                 elif config.landing_files and ds is not PURCHASES:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
@@ -171,6 +176,8 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
             preview = conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 5").df()
         if report.extra_columns:
             context.log.warning(f"{ds.table}: columns outside the contract are kept in audit only: {report.extra_columns}")
+        for warning in report.warnings:
+            context.log.warning(f"{ds.table}: {warning}")
         for finding in findings:
             context.log.info(f"{ds.table}: {finding.rule} on {finding.column}: {finding.count} ({finding.action})")
         adapter_metadata = {
@@ -189,6 +196,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 "columns_not_in_contract": report.extra_columns,
                 "contract_columns_missing": report.missing_columns,
                 "rejected_lines": report.rejected_lines,
+                "warnings": report.warnings,
                 "preview": dg.MetadataValue.md(markdown(preview)),
             }
         )

@@ -63,6 +63,7 @@ class LandingReport:
     extra_columns: list[str] = field(default_factory=list)
     missing_columns: list[str] = field(default_factory=list)
     rejected_lines: int = 0
+    warnings: list[str] = field(default_factory=list)  # not failures: said in the run's log and metadata
 
 
 def _name_variants(dataset: str) -> list[str]:
