@@ -9,9 +9,11 @@ re-landed afterwards, the verdict no longer counts.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import duckdb
 
@@ -27,6 +29,7 @@ create table if not exists {AUDIT_SCHEMA}.gate_log (
 alter table {AUDIT_SCHEMA}.gate_log add column if not exists basis varchar;
 alter table {AUDIT_SCHEMA}.load_log add column if not exists input_format varchar default 'canonical';
 alter table {AUDIT_SCHEMA}.load_log add column if not exists mode varchar default 'full';
+alter table {AUDIT_SCHEMA}.load_log add column if not exists fingerprint varchar;
 create table if not exists {AUDIT_SCHEMA}.publish_log (publish_id varchar, published_at timestamp, run_id varchar);
 create table if not exists {AUDIT_SCHEMA}.derived_log (
     table_name varchar, publish_id varchar, built_at timestamp, run_id varchar);
@@ -52,17 +55,30 @@ def record_load(
     run_id: str,
     input_format: str = "canonical",
     mode: str = FULL,
+    fingerprint: str | None = None,
 ) -> str:
     """Register a new load of ``dataset`` into the audit schema and return its id. ``mode`` is
-    ``full`` (the load replaces the published table) or ``delta`` (new lines, upserted)."""
+    ``full`` (the load replaces the published table) or ``delta`` (new lines, upserted);
+    ``fingerprint`` identifies the files read (:func:`files_fingerprint`)."""
     ensure_tables(conn)
     load_id = uuid.uuid4().hex
     conn.execute(
-        f"insert into {AUDIT_SCHEMA}.load_log (dataset, load_id, loaded_at, row_count, source, run_id, input_format, mode) "
-        "values (?, ?, ?, ?, ?, ?, ?, ?)",
-        [dataset, load_id, _now(), rows, source, run_id, input_format, mode],
+        f"insert into {AUDIT_SCHEMA}.load_log (dataset, load_id, loaded_at, row_count, source, run_id, input_format, mode, fingerprint) "
+        "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [dataset, load_id, _now(), rows, source, run_id, input_format, mode, fingerprint],
     )
     return load_id
+
+
+def files_fingerprint(files: Sequence[Path]) -> str:
+    """The files a load read, by path, size and modification time: two loads with the same
+    fingerprint read the same bytes (short of a file rewritten to the same size within the same
+    nanosecond)."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def current_mode(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
@@ -104,20 +120,26 @@ class LoadReplacedError(RuntimeError):
 
 def check_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -> None:
     """Raise :class:`LoadReplacedError` when this run landed a load of ``dataset`` and another
-    run's load has replaced it since in ``audit.<dataset>``: this run's gates would judge, and its
-    publish step publish, the other run's lines (two runs started from the shell at once are not
-    queued). A run that landed nothing (a re-execution, a publish on its own) takes the current load."""
+    run's load of other files has replaced it since in ``audit.<dataset>``: this run's gates would
+    judge, and its publish step publish, the other run's lines as its own (two runs started from
+    the shell at once are not queued). A load of the very same files (two refreshes started
+    together) stands for this run's own. A run that landed nothing (a re-execution, a publish on
+    its own) takes the current load."""
     ensure_tables(conn)
-    own, current = conn.execute(
-        f"""select (select source from {AUDIT_SCHEMA}.load_log where dataset = ? and run_id = ? order by loaded_at desc limit 1),
-                   (select run_id || ' (' || source || ')' from {AUDIT_SCHEMA}.load_log where dataset = ?
-                    order by loaded_at desc limit 1)""",
-        [dataset, run_id, dataset],
+    own = conn.execute(
+        f"select source, fingerprint from {AUDIT_SCHEMA}.load_log where dataset = ? and run_id = ? order by loaded_at desc limit 1",
+        [dataset, run_id],
     ).fetchone()
-    if own is None or current.startswith(f"{run_id} ("):
+    if own is None:
+        return
+    other_run, source, fingerprint = conn.execute(
+        f"select run_id, source, fingerprint from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1",
+        [dataset],
+    ).fetchone()
+    if other_run == run_id or (fingerprint is not None and (source, fingerprint) == tuple(own)):
         return
     raise LoadReplacedError(
-        f"{dataset}: another run, {current}, landed a {dataset} load after this run landed its own ({own}). "
+        f"{dataset}: another run, {other_run} ({source}), landed a {dataset} load after this run landed its own ({own[0]}). "
         f"audit.{dataset} now holds the other run's lines, so this run neither gates nor publishes them, "
         "and has published nothing. Run this selection again once the other run has finished (the landing "
         "sensor lands a landing file again by itself). Runs started from the UI, sensors and schedules "

@@ -171,7 +171,8 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 ) from exc
             mode = audit_log.DELTA if config.delta else audit_log.FULL
             audit_log.record_load(
-                conn, ds.table, report.rows, ", ".join(map(str, report.files)), context.run.run_id, input_format.name, mode
+                conn, ds.table, report.rows, ", ".join(map(str, report.files)), context.run.run_id, input_format.name, mode,
+                fingerprint=audit_log.files_fingerprint(report.files),
             )
             preview = conn.execute(f"select * from {AUDIT_SCHEMA}.{ds.table} limit 5").df()
         if report.extra_columns:
