@@ -82,7 +82,7 @@ def plant_failures(conn: duckdb.DuckDBPyConnection) -> None:
         f"""insert into {AUDIT_TABLE} by name
             select * replace (purchase_id || '' as purchase_id) from {AUDIT_TABLE} where rowid in (0, 1)"""
     )  # two ids now appear twice: 4 rows
-    conn.execute(f"update {AUDIT_TABLE} set order_id = '  ' where rowid in (2, 3)")
+    conn.execute(f"update {AUDIT_TABLE} set order_id = '' where rowid in (2, 3)")  # blank, and no spaces to trim
     conn.execute(f"update {AUDIT_TABLE} set customer_id = '' where rowid = 4")
     conn.execute(f"update {AUDIT_TABLE} set quantity = 0 where rowid in (5, 6, 7)")
     conn.execute(f"update {AUDIT_TABLE} set amount = -1.5 where rowid in (8, 9)")

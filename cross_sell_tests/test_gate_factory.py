@@ -209,7 +209,8 @@ def test_gate_on_columns_landed_typed_reports_like_text() -> None:
         )
         typed = validate_table(conn, "audit_typed", contracts.Purchase)
     assert expected == {"validity:greater_than(0)": {"quantity": 1}, "validity:greater_than_or_equal_to(0)": {"amount": 1},
-                        "uniqueness:unique": {"purchase_id": 2}, "completeness:not_blank": {"order_id": 1}}
+                        "uniqueness:unique": {"purchase_id": 2}, "completeness:not_blank": {"order_id": 1},
+                        "validity:no_surrounding_spaces": {"order_id": 1}}
     assert typed.counts() == expected
 
 
