@@ -141,8 +141,9 @@ def check_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -
     raise LoadReplacedError(
         f"{dataset}: another run, {other_run} ({source}), landed a {dataset} load after this run landed its own ({own[0]}). "
         f"audit.{dataset} now holds the other run's lines, so this run neither gates nor publishes them, "
-        "and has published nothing. Run this selection again once the other run has finished (the landing "
-        "sensor lands a landing file again by itself). Runs started from the UI, sensors and schedules "
+        "and has published nothing. Run this selection again once the other run has finished: a new run, "
+        "since a re-execution from failure would not land this run's files again (the landing sensor lands "
+        "a landing file again by itself). Runs started from the UI, sensors and schedules "
         "are queued one at a time; runs started from the shell are not: do not start two loads at once."
     )
 
