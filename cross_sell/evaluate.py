@@ -42,7 +42,10 @@ class UnusableInputError(Exception):
 CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
 
 
-def ingest(data_dir: Path, input_format: str, database: Path, *, verbose: bool = False) -> None:
+def ingest(
+    data_dir: Path, input_format: str, database: Path, *, verbose: bool = False,
+    date_format: str | None = None, as_of_date: str | None = None,
+) -> None:
     """Land, gate and publish the inputs into ``database`` with the project's own ingest assets.
 
     The run's event log is silent unless ``verbose``: the command reports what failed itself, in
@@ -54,7 +57,10 @@ def ingest(data_dir: Path, input_format: str, database: Path, *, verbose: bool =
         selection=dg.AssetSelection.assets(*INPUT_TABLES).upstream(),
         resources={
             "duckdb": DuckDBResource(database=str(database)),
-            "input_files": InputFiles(location=str(data_dir), input_format=input_format),
+            "input_files": InputFiles(
+                location=str(data_dir), input_format=input_format, as_of_date=as_of_date,
+                **({"date_format": date_format} if date_format else {}),
+            ),
         },
         run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}},
         raise_on_error=False,
@@ -130,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration", choices=("sigmoid", "isotonic"), default=defaults.calibration)
     parser.add_argument("--cutoff-quantile", type=float, default=defaults.cutoff_quantile)
     parser.add_argument("--max-train-rows", type=int, default=defaults.max_train_rows)
+    parser.add_argument("--date-format", default=None,
+                        help="strptime format of an adapter format's dates, e.g. %%d.%%m.%%Y "
+                        "(default: the input_files resource's, %%d-%%m-%%Y)")
+    parser.add_argument("--as-of-date", default=None, help="spend_summary: the date the summary was taken (default: its newest signup date)")
     parser.add_argument("--verbose", action="store_true", help="print the ingest run's Dagster event log")
     args = parser.parse_args(argv)
     try:
@@ -150,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             input_format = args.input_format or settings.input_format()
             with tempfile.TemporaryDirectory(prefix="cross_sell_evaluate_") as tmp:
                 database = Path(tmp) / "evaluate.duckdb"
-                ingest(data_dir, input_format, database, verbose=args.verbose)
+                ingest(data_dir, input_format, database, verbose=args.verbose,
+                       date_format=args.date_format, as_of_date=args.as_of_date)
                 model = evaluate_warehouse(database, params)
             source = f"{data_dir} ({input_format})"
     except (UnusableInputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if "input_files.date_format" in str(exc) or "input_files.as_of_date" in str(exc):
+            print("(this command takes them as --date-format and --as-of-date)", file=sys.stderr)
         return 2
     print(report(model, source, time.perf_counter() - started))
     return 0

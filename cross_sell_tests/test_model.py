@@ -25,7 +25,7 @@ from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
 from cross_sell.scoring.features import load_profiles, pair_features, purchase_span, rule_statistics
 from cross_sell.scoring.logic import NO_RULE, reason_rules, recommendation_reasons
-from cross_sell_tests.conftest import PROJECT_ROOT, make_resources, read_table, write_tiny_dataset
+from cross_sell_tests.conftest import PROJECT_ROOT, SHARED_DATASETS, make_resources, read_table, write_tiny_dataset
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"  # the committed generated sample: 2,000 customers, 50,000 lines
 THROUGH_RECOMMENDATIONS = dg.AssetSelection.assets("cross_sell_recommendations", "customer_metrics").upstream()
@@ -631,6 +631,24 @@ def test_evaluate_command_reads_input_through_the_ingest(tmp_path: Path) -> None
     problems = failed.stderr.split("could not be published:", 1)[1].strip().splitlines()
     assert problems and all(line.strip().startswith("gate audit/customers:") for line in problems), failed.stderr
     assert not list(scratch.iterdir())
+
+
+def test_evaluate_command_takes_the_date_format_of_a_spend_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real spend summary with its dates written dd.mm.yyyy: the command says which of its
+    options to set, and reads the file with it."""
+    source = SHARED_DATASETS / "marketing_campaign.csv"
+    text = source.read_text()
+    dotted = tmp_path / "marketing_campaign.csv"
+    frame = pd.read_csv(source, sep="\t", dtype=str, keep_default_na=False)
+    frame["Dt_Customer"] = frame["Dt_Customer"].str.replace("-", ".", regex=False)
+    frame.to_csv(dotted, sep="\t", index=False)
+    assert "." in frame["Dt_Customer"].iloc[0] and text.count("\n") == len(frame) + 1
+    args = ["--data-dir", str(dotted), "--input-format", "spend_summary"]
+    assert evaluate_main(args) == 2
+    error = capsys.readouterr().err
+    assert "date_format" in error and "(this command takes them as --date-format and --as-of-date)" in error
+    assert evaluate_main([*args, "--date-format", "%d.%m.%Y"]) == 0
+    assert "recall@" in capsys.readouterr().out
 
 
 def test_share_columns_are_kept_for_the_categories_most_customers_bought() -> None:
