@@ -202,6 +202,26 @@ class GateReport:
 # Typing text before validation (vectorised).
 
 
+def _missing(value: object) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
+
+
+def _whole(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column as text for a sample, whole numbers without a decimal point: a year read
+    as a float beside missing values shows as 1850, not 1850.0."""
+    out = frame.copy()
+    for i in range(frame.shape[1]):
+        column = frame.iloc[:, i]
+        if pd.api.types.is_float_dtype(column.dtype) or column.dtype == object:
+            out.isetitem(i, pd.Series([None if _missing(v) else str(_whole(v)) for v in column],
+                                      index=column.index, dtype="string"))
+    return out.astype("string")
+
+
 def _parse_column(values: pd.Series, dtype: object) -> pd.Series | None:
     """``values`` (text) parsed to the contract ``dtype`` with NaN/NaT where unreadable, or None
     when this dtype is left to pandera."""
@@ -342,9 +362,9 @@ def report_from_failure_cases(
     if len(rows) and len(df):
         offending = df.loc[df.index.intersection(rows.astype(df.index.dtype))]
         sample = sample.assign(_row=pd.to_numeric(sample["row"], errors="coerce")).merge(
-            offending.astype("string"), left_on="_row", right_index=True, how="left"
+            _as_text(offending), left_on="_row", right_index=True, how="left"
         ).drop(columns="_row")
-    sample = sample.astype("string").fillna("").reset_index(drop=True)
+    sample = _as_text(sample).fillna("").reset_index(drop=True)
     checked = len(df) if rows_checked is None else rows_checked
     return GateReport(contract=contract, rows_checked=checked, failures=failures, sample=sample)
 

@@ -451,3 +451,12 @@ def test_gated_publish_in_a_run_fails_the_step_and_records_the_check(tmp_path: P
     assert result.is_node_untouched("cross_sell_recommendations")
     with duckdb.connect(database, read_only=True) as conn:
         assert conn.execute("select score from cross_sell_scores").fetchall() == [(0.5,)]
+
+
+def test_a_whole_number_in_a_sample_shows_without_a_decimal_point() -> None:
+    # A birth year beside missing ones is a float in pandas: the sample says 1850, as the file does.
+    frame = pd.DataFrame({"customer_id": ["C1", "C2", "C3"], "birth_year": [1850.0, None, 1990.0]})
+    report = validate_frame(contracts.Customer, frame)
+    assert report.counts() == {"validity:greater_than_or_equal_to(1900)": {"birth_year": 1}}
+    [row] = report.sample.itertuples()
+    assert row.value == "1850" and row.birth_year == "1850" and row.customer_id == "C1"
