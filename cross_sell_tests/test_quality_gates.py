@@ -348,6 +348,12 @@ CASES = [
         message="more than one input for 'purchases' in",
     ),
     Case(
+        "a_stale_input_differing_only_in_case",  # Purchase.CSV beside purchase.csv: two inputs, never guess
+        lambda folder: (folder / "Purchase.CSV").write_text((folder / "purchase.csv").read_text()),
+        {"audit__purchases"},
+        message="more than one input for 'purchases' in",
+    ),
+    Case(
         "bytes_not_utf8",
         append_bytes("purchase.csv", b"L7,O6,C1,P1,2025-01-01,1,10,w\xff\xfeb\n"),
         {PURCHASE_CONTRACT_STEP},
@@ -434,6 +440,17 @@ def test_a_value_failing_for_its_spaces_shows_them_in_the_sample(
 
 # ---------------------------------------------------------------------------------------------
 # Inputs that are unusual but acceptable, and soft signals.
+
+
+def test_input_names_in_any_case_are_found(after_good_run, run_graph, warehouse_path) -> None:
+    """A Windows export names its files Customer.CSV and so on: found like customer.csv."""
+    data, before = after_good_run
+    for old, new in (("customer.csv", "Customer.CSV"), ("product.csv", "PRODUCTS.csv"), ("purchase.csv", "Purchase.Csv")):
+        (data / old).rename(data / new)
+    result = run_graph(data, selection=INGEST)
+    assert result.success
+    for table in ("customers", "products", "purchases"):
+        pd.testing.assert_frame_equal(read_table(warehouse_path, table, "all"), before[table], obj=table)
 
 
 def test_extra_column_is_kept_in_audit_listed_and_not_published(after_good_run, run_graph, warehouse_path) -> None:

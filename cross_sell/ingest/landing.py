@@ -78,22 +78,23 @@ class InputAmbiguousError(ValueError):
 
 def find_files(location: Path, dataset: str) -> list[Path]:
     """The files holding ``dataset`` under ``location``: one file (``purchase.csv``,
-    ``purchases.parquet``, ...) or one folder of files (``purchases/``). Raises InputMissingError
-    with what was tried, or InputAmbiguousError when more than one of them exists."""
+    ``purchases.parquet``, ...) or one folder of files (``purchases/``), names in any case
+    (``Purchase.CSV`` from a Windows export too). Raises InputMissingError with what was tried, or
+    InputAmbiguousError when more than one of them exists."""
+    entries: dict[str, list[Path]] = {}
+    for entry in (sorted(location.iterdir()) if location.is_dir() else []):
+        entries.setdefault(entry.name.lower(), []).append(entry)
     tried: list[str] = []
     found: list[tuple[str, list[Path]]] = []
     for stem in _name_variants(dataset):
         for suffix in SUFFIXES:
-            candidate = location / f"{stem}{suffix}"
-            tried.append(candidate.name)
-            if candidate.is_file():
-                found.append((candidate.name, [candidate]))
-        folder = location / stem
+            tried.append(f"{stem}{suffix}")
+            found += [(p.name, [p]) for p in entries.get(f"{stem}{suffix}", []) if p.is_file()]
         tried.append(f"{stem}/")
-        if folder.is_dir():
+        for folder in (p for p in entries.get(stem, []) if p.is_dir()):
             files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES))
             if files:
-                found.append((f"{stem}/", files))
+                found.append((f"{folder.name}/", files))
     if len(found) > 1:
         raise InputAmbiguousError(
             f"more than one input for '{dataset}' in {location}: {', '.join(name for name, _ in found)}. "
@@ -101,7 +102,7 @@ def find_files(location: Path, dataset: str) -> list[Path]:
         )
     if found:
         return found[0][1]
-    raise InputMissingError(f"no input for '{dataset}' in {location}: looked for {', '.join(tried)}")
+    raise InputMissingError(f"no input for '{dataset}' in {location}: looked for {', '.join(tried)} (in any case)")
 
 
 def _sql_list(paths: list[Path]) -> str:
