@@ -33,7 +33,7 @@ from dagster_duckdb import DuckDBResource
 
 from cross_sell import audit_log, quality_sql
 from cross_sell.contracts import NON_BLANK
-from cross_sell.warehouse import connect, markdown, replace_with_frame
+from cross_sell.warehouse import connect, markdown, replace_with_frame, rule_failure
 
 MAX_SAMPLE_ROWS = 20
 TABLE_LEVEL = "<table>"
@@ -561,7 +561,7 @@ def require_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str)
     try:
         audit_log.check_own_load(conn, dataset, run_id)
     except audit_log.LoadReplacedError as exc:
-        raise dg.Failure(description=str(exc), metadata={"rule": exc.rule, "dataset": dataset}) from exc
+        raise rule_failure(exc.rule, str(exc), {"dataset": dataset}) from exc
 
 
 OUTPUT_CONTRACT = "contract"

@@ -89,14 +89,19 @@ def open_warehouse(
             delay = min(delay * 2, 5.0)
 
 
+def rule_failure(rule: str, description: str, metadata: Mapping[str, object] | None = None) -> dg.Failure:
+    """A step failure that names its rule in its text (what the shell, the run log and the alerts
+    show) and in its metadata (what the failure sensor reads)."""
+    return dg.Failure(description=f"{description} (rule {rule})", metadata={"rule": rule, **(metadata or {})})
+
+
 def _missing_upstream(database: str, tables: Sequence[str]) -> dg.Failure:
-    return dg.Failure(
-        description=(
-            f"The warehouse {database} has no published {', '.join('main.' + t for t in tables)} yet: "
-            "materialize the upstream assets first (the inputs: --select 'group:ingest'; or the whole "
-            "chain: --select '*<this asset>'). Or is CROSS_SELL_DUCKDB_PATH not the warehouse you meant?"
-        ),
-        metadata={"rule": "upstream_published", "warehouse": database, "missing": list(tables)},
+    return rule_failure(
+        "upstream_published",
+        f"The warehouse {database} has no published {', '.join('main.' + t for t in tables)} yet: "
+        "materialize the upstream assets first (the inputs: --select 'group:ingest'; or the whole "
+        "chain: --select '*<this asset>'). Or is CROSS_SELL_DUCKDB_PATH not the warehouse you meant?",
+        {"warehouse": database, "missing": list(tables)},
     )
 
 
@@ -115,10 +120,9 @@ def connect(resource: DuckDBResource, needs: Sequence[str] = ()) -> Iterator[duc
     try:
         conn = open_warehouse(resource.database, settings.lock_wait_seconds(), resource.connection_config)
     except WarehouseLockedError as exc:
-        raise dg.Failure(
-            description=str(exc),
-            metadata={"rule": "warehouse_unlocked", "warehouse": exc.database, "held_by": exc.program,
-                      "held_by_pid": exc.pid if exc.pid is not None else -1},
+        raise rule_failure(
+            "warehouse_unlocked", str(exc),
+            {"warehouse": exc.database, "held_by": exc.program, "held_by_pid": exc.pid if exc.pid is not None else -1},
         ) from exc
     try:
         missing = [t for t in needs if not table_exists(conn, t)]

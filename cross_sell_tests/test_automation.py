@@ -273,6 +273,7 @@ def test_a_full_load_missing_an_accepted_file_fails_instead_of_dropping_its_line
     data = failure.step_failure_data.user_failure_data
     assert data.metadata["rule"].value == "accepted_landing_files_present"
     assert archived.name in data.description and "would drop their published purchase lines" in data.description
+    assert data.description.endswith("(rule accepted_landing_files_present)")  # what the shell and the alerts show
     pd.testing.assert_frame_equal(env.table("purchases", "purchase_id"), before)
     # No landing folder configured at all: the same refusal, saying so.
     unconfigured = {**env.resources, "input_files": InputFiles(location=str(env.data))}

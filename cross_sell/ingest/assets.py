@@ -26,7 +26,7 @@ from cross_sell.quality import build_gate_check, check_result, GateReport, requi
 from cross_sell.resources import InputFiles
 from cross_sell.warehouse import (
     AUDIT_SCHEMA, PUBLISHED_SCHEMA, connect, markdown, quoted, replace_table, row_count, table_columns, table_exists,
-    transaction, uri,
+    rule_failure, transaction, uri,
 )
 
 OWNER = "team:data-platform"
@@ -98,7 +98,7 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
         try:
             input_format = input_files.checked_format()
         except ValueError as exc:
-            raise dg.Failure(description=str(exc), metadata={"rule": "input_format_supported"}) from exc
+            raise rule_failure("input_format_supported", str(exc)) from exc
         adapter = input_format.land[ds.table] if input_format.land else None
         try:
             if config.delta and ds is PURCHASES and not adapter:
@@ -106,19 +106,19 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
             else:
                 files = find_source_files(input_files.path()) if adapter else find_files(input_files.path(), ds.table)
         except InputMissingError as exc:
-            raise dg.Failure(description=f"Input missing for {ds.table}: {exc}", metadata={"rule": "input_present"}) from exc
+            raise rule_failure("input_present", f"Input missing for {ds.table}: {exc}") from exc
         except InputAmbiguousError as exc:
-            raise dg.Failure(description=f"{ds.table}: {exc}", metadata={"rule": "one_input_per_dataset"}) from exc
+            raise rule_failure("one_input_per_dataset", f"{ds.table}: {exc}") from exc
         if adapter and config.landing_files:
-            raise dg.Failure(
-                description=f"landing files hold canonical purchase lines; the input format is {input_format.name}",
-                metadata={"rule": "landing_files_canonical_only"},
+            raise rule_failure(
+                "landing_files_canonical_only",
+                f"landing files hold canonical purchase lines; the input format is {input_format.name}",
             )
         if config.delta and (ds is not PURCHASES or not config.landing_files):
-            raise dg.Failure(
-                description="an incremental (delta) load adds landing files to the purchases; "
+            raise rule_failure(
+                "delta_needs_landing_files",
+                "an incremental (delta) load adds landing files to the purchases; "
                 f"give landing_files and select audit/purchases (this is {ds.table})",
-                metadata={"rule": "delta_needs_landing_files"},
             )
         findings = []
         if ds is PURCHASES and not adapter:
@@ -148,26 +148,25 @@ def _landing_asset(ds: Dataset) -> dg.AssetsDefinition:
                 elif config.landing_files and ds is not PURCHASES:
                     raise ValueError(f"landing files hold purchase lines only, not {ds.table}")
             except landing_files.LandingColumnsMissingError as exc:
-                raise dg.Failure(
-                    description=f"{ds.table}: {exc}",
-                    metadata={"rule": "schema:column_present", "file": exc.file, "missing": exc.missing},
+                raise rule_failure(
+                    "schema:column_present", f"{ds.table}: {exc}", {"file": exc.file, "missing": exc.missing}
                 ) from exc
             except landing_files.AcceptedFilesMissingError as exc:
-                raise dg.Failure(
-                    description=f"{ds.table}: {exc}",
-                    metadata={"rule": "accepted_landing_files_present", "missing": exc.missing,
-                              "archive": str(exc.archive or "")},
+                raise rule_failure(
+                    "accepted_landing_files_present", f"{ds.table}: {exc}",
+                    {"missing": exc.missing, "archive": str(exc.archive or "")},
                 ) from exc
             except SourceLayoutError as exc:
-                raise dg.Failure(
-                    description=f"{ds.table}: {exc}",
-                    metadata={"rule": "source_layout", "input_format": input_format.name, "files": [str(f) for f in files]},
+                raise rule_failure(
+                    "source_layout", f"{ds.table}: {exc}",
+                    {"input_format": input_format.name, "files": [str(f) for f in files]},
                 ) from exc
             except (InputMissingError, DuckDBError, ValueError) as exc:
-                raise dg.Failure(
-                    description=f"Could not read {ds.table} input "
+                raise rule_failure(
+                    "readable_input",
+                    f"Could not read {ds.table} input "
                     f"({', '.join(f.name for f in files) or ', '.join(config.landing_files)}): {exc}",
-                    metadata={"rule": "readable_input", "files": [str(f) for f in files]},
+                    {"files": [str(f) for f in files]},
                 ) from exc
             mode = audit_log.DELTA if config.delta else audit_log.FULL
             audit_log.record_load(
@@ -461,11 +460,11 @@ def publish_inputs(
             require_own_load(conn, ds.table, context.run.run_id)
         delta = is_delta_load(conn)
         if delta and selected != {PURCHASES.table}:
-            raise dg.Failure(
-                description="The current purchase load is incremental (delta): it is upserted into the published "
+            raise rule_failure(
+                "publish_delta_alone",
+                "The current purchase load is incremental (delta): it is upserted into the published "
                 f"purchases on its own; select purchases alone (selected: {', '.join(sorted(selected))}), "
                 "or land all three inputs again for a full load",
-                metadata={"rule": "publish_delta_alone"},
             )
         if not delta and selected != {ds.table for ds in DATASETS}:
             retry = (
@@ -473,10 +472,10 @@ def publish_inputs(
                 "so the increment can no longer be published on its own; touch its landing file (or drop it "
                 "again) so the landing sensor lands it anew"
             ) if selected == {PURCHASES.table} else ""
-            raise dg.Failure(
-                description="A full load publishes customers, products and purchases together, in one transaction; "
+            raise rule_failure(
+                "publish_together",
+                "A full load publishes customers, products and purchases together, in one transaction; "
                 f"select all three (selected: {', '.join(sorted(selected))}){retry}",
-                metadata={"rule": "publish_together"},
             )
         to_publish = [PURCHASES] if delta else list(DATASETS)
         missing = {ds.table: audit_log.gates_not_passed(conn, ds.table, ds.gates) for ds in to_publish}
