@@ -81,31 +81,32 @@ def files_fingerprint(files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
+def _latest_load(conn: duckdb.DuckDBPyConnection, dataset: str, columns: str, run_id: str | None = None) -> tuple | None:
+    """``columns`` (SQL) of the newest load of ``dataset`` in ``load_log`` (the current audit
+    load), or of the newest one ``run_id`` landed; None if there is none."""
+    ensure_tables(conn)
+    by_run = " and run_id = ?" if run_id is not None else ""
+    return conn.execute(
+        f"select {columns} from {AUDIT_SCHEMA}.load_log where dataset = ?{by_run} order by loaded_at desc limit 1",
+        [dataset] if run_id is None else [dataset, run_id],
+    ).fetchone()
+
+
 def current_mode(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
     """Whether the current audit load of ``dataset`` is a ``full`` load or a ``delta``."""
-    ensure_tables(conn)
-    row = conn.execute(
-        f"select mode from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1", [dataset]
-    ).fetchone()
+    row = _latest_load(conn, dataset, "mode")
     return (row[0] if row else None) or FULL
 
 
 def current_format(conn: duckdb.DuckDBPyConnection, dataset: str) -> str:
     """The input format the current audit load of ``dataset`` was read in (canonical if none)."""
-    ensure_tables(conn)
-    row = conn.execute(
-        f"select input_format from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1",
-        [dataset],
-    ).fetchone()
+    row = _latest_load(conn, dataset, "input_format")
     return (row[0] if row else None) or "canonical"
 
 
 def current_load_run(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     """The run that landed the current audit load of ``dataset`` (None if none)."""
-    ensure_tables(conn)
-    row = conn.execute(
-        f"select run_id from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1", [dataset]
-    ).fetchone()
+    row = _latest_load(conn, dataset, "run_id")
     return row[0] if row else None
 
 
@@ -125,17 +126,10 @@ def check_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -
     the shell at once are not queued). A load of the very same files (two refreshes started
     together) stands for this run's own. A run that landed nothing (a re-execution, a publish on
     its own) takes the current load."""
-    ensure_tables(conn)
-    own = conn.execute(
-        f"select source, fingerprint from {AUDIT_SCHEMA}.load_log where dataset = ? and run_id = ? order by loaded_at desc limit 1",
-        [dataset, run_id],
-    ).fetchone()
+    own = _latest_load(conn, dataset, "source, fingerprint", run_id)
     if own is None:
         return
-    other_run, source, fingerprint = conn.execute(
-        f"select run_id, source, fingerprint from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1",
-        [dataset],
-    ).fetchone()
+    other_run, source, fingerprint = _latest_load(conn, dataset, "run_id, source, fingerprint")
     if other_run == run_id or (fingerprint is not None and (source, fingerprint) == tuple(own)):
         return
     raise LoadReplacedError(
@@ -149,11 +143,7 @@ def check_own_load(conn: duckdb.DuckDBPyConnection, dataset: str, run_id: str) -
 
 
 def current_load(conn: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
-    ensure_tables(conn)
-    row = conn.execute(
-        f"select load_id from {AUDIT_SCHEMA}.load_log where dataset = ? order by loaded_at desc limit 1",
-        [dataset],
-    ).fetchone()
+    row = _latest_load(conn, dataset, "load_id")
     return row[0] if row else None
 
 
