@@ -105,15 +105,11 @@ class Product(pa.DataFrameModel):
     def price_finite(cls, price: Series[float]) -> Series[bool]:
         return _finite(price)
 
-    @pa.check("product_category", name="no_surrounding_spaces")
-    def product_category_no_surrounding_spaces(cls, product_category: Series[str]) -> Series[bool]:
-        # "Wines " beside "Wines" would silently be a second category, with its own affinity and scores.
-        return _no_surrounding_space(product_category)
-
-    @pa.check("product_id", name="no_surrounding_spaces")
-    def product_id_no_surrounding_spaces(cls, product_id: Series[str]) -> Series[bool]:
-        # "P1 " never joins the purchases of "P1": a key with spaces is a key nobody can match.
-        return _no_surrounding_space(product_id)
+    @pa.check("product_category", "product_id", name="no_surrounding_spaces")
+    def no_surrounding_spaces(cls, values: Series[str]) -> Series[bool]:
+        # "Wines " beside "Wines" would silently be a second category, with its own affinity and
+        # scores; "P1 " never joins the purchases of "P1": a key with spaces is a key nobody can match.
+        return _no_surrounding_space(values)
 
     class Config:
         coerce = True
@@ -143,15 +139,11 @@ class Purchase(pa.DataFrameModel):
         required=False, nullable=True, isin=list(CHANNELS), description="Sales channel: web, store, catalog or other."
     )
 
-    @pa.check("purchase_id", name="no_surrounding_spaces")
-    def purchase_id_no_surrounding_spaces(cls, purchase_id: Series[str]) -> Series[bool]:
-        # "L1 " re-sent beside "L1" would be a second line, counted twice, instead of replacing it.
-        return _no_surrounding_space(purchase_id)
-
-    @pa.check("order_id", name="no_surrounding_spaces")
-    def order_id_no_surrounding_spaces(cls, order_id: Series[str]) -> Series[bool]:
+    @pa.check("purchase_id", "order_id", name="no_surrounding_spaces")
+    def no_surrounding_spaces(cls, values: Series[str]) -> Series[bool]:
+        # "L1 " re-sent beside "L1" would be a second line, counted twice, instead of replacing it;
         # "O1 " beside "O1" would split one basket in two: more orders, smaller baskets.
-        return _no_surrounding_space(order_id)
+        return _no_surrounding_space(values)
 
     @pa.check("amount", name="finite")
     def amount_finite(cls, amount: Series[float]) -> Series[bool]:
