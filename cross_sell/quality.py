@@ -202,26 +202,6 @@ class GateReport:
 # Typing text before validation (vectorised).
 
 
-def _missing(value: object) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value))
-
-
-def _whole(value: object) -> object:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every column as text for a sample, whole numbers without a decimal point: a year read
-    as a float beside missing values shows as 1850, not 1850.0."""
-    out = frame.copy()
-    for i in range(frame.shape[1]):
-        column = frame.iloc[:, i]
-        if pd.api.types.is_float_dtype(column.dtype) or column.dtype == object:
-            out.isetitem(i, pd.Series([None if _missing(v) else str(_whole(v)) for v in column],
-                                      index=column.index, dtype="string"))
-    return out.astype("string")
-
-
 def _parse_column(values: pd.Series, dtype: object) -> pd.Series | None:
     """``values`` (text) parsed to the contract ``dtype`` with NaN/NaT where unreadable, or None
     when this dtype is left to pandera."""
@@ -335,6 +315,22 @@ def _drop_shadowed(found: pd.DataFrame, typed: pd.DataFrame) -> pd.DataFrame:
     index = pd.to_numeric(found["index"], errors="coerce").fillna(-1).astype("int64")
     cells = pd.MultiIndex.from_arrays([found["column"].astype(str), index])
     return found.loc[~cells.isin(bad)]
+
+
+def _whole(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every column of a sample (a few rows) as text, whole numbers without a decimal point: a
+    year read as a float beside missing values shows as 1850, not 1850.0."""
+    out = frame.copy()
+    for i in range(frame.shape[1]):
+        column = frame.iloc[:, i]
+        if pd.api.types.is_float_dtype(column.dtype) or column.dtype == object:
+            out.isetitem(i, pd.Series([None if pd.isna(v) else str(_whole(v)) for v in column],
+                                      index=column.index, dtype="string"))
+    return out.astype("string")
 
 
 def report_from_failure_cases(
