@@ -430,10 +430,10 @@ def _overrides_of_newer_sources(
     """Warnings for accepted landing files whose lines win over source files modified after they
     were published: an upstream re-extract whose corrections and cancellations the older landing
     files would silently undo (accepted landing files always win over the source files)."""
-    if not source_files:
+    if not source_files or not accepted:
         return []
-    newest = max(source_files, key=lambda p: p.stat().st_mtime)
-    modified = datetime.fromtimestamp(newest.stat().st_mtime, timezone.utc).replace(tzinfo=None)
+    mtime, newest = max((p.stat().st_mtime, p) for p in source_files)
+    modified = datetime.fromtimestamp(mtime, timezone.utc).replace(tzinfo=None)
     stale = [(a, replaced[str(a.path)]) for a in accepted if a.published_at < modified and replaced.get(str(a.path))]
     if not stale:
         return []
