@@ -233,19 +233,21 @@ def accepted_files(
     unarchived = [(file, sha, path) for file, sha, _, status, path in _latest(conn) if status == PUBLISHED]
     if not rows and not unarchived:
         return []
-    if withdraw_all:
-        for file, sha, path in [(file, sha, path) for file, sha, path, _ in rows] + unarchived:
-            _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path),
-                    "withdrawn on request (withdraw_accepted_landing_files): the source files hold its lines now")
-        return []
+    listed = [(file, sha, path) for file, sha, path, _ in rows]
     archive = landing_dir / PROCESSED if landing_dir is not None else None
-    archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)} if archive and archive.is_dir() else {}
-    missing = [(file, sha, path) for file, sha, path, _ in rows if Path(path).name not in archived] + unarchived
-    if missing and not withdraw_missing:
-        raise AcceptedFilesMissingError([Path(path).name for _, _, path in missing], archive)
-    for file, sha, path in missing:
-        _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path),
-                f"archive not found in {archive or 'any landing folder'}: its lines are no longer part of the purchase input")
+    archived = {}
+    if withdraw_all:
+        dropped = listed + unarchived
+        why = "withdrawn on request (withdraw_accepted_landing_files): the source files hold its lines now"
+    else:
+        if archive is not None and archive.is_dir():
+            archived = {p.name: p for p in archive.iterdir() if is_landing_file(p)}
+        dropped = [(file, sha, path) for file, sha, path in listed if Path(path).name not in archived] + unarchived
+        if dropped and not withdraw_missing:
+            raise AcceptedFilesMissingError([Path(path).name for _, _, path in dropped], archive)
+        why = f"archive not found in {archive or 'any landing folder'}: its lines are no longer part of the purchase input"
+    for file, sha, path in dropped:
+        _record(conn, file, sha, None, WITHDRAWN, run_id, Path(path), why)
     published = {Path(path).name: at for *_, path, at in rows}
     return [AcceptedFile(archived[name], at) for name, at in published.items() if name in archived]
 
