@@ -26,6 +26,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from cross_sell import settings
+from cross_sell.ingest.source import AdapterOptions
 from cross_sell.resources import InputFiles
 from cross_sell.scoring import evaluation as ev
 from cross_sell.scoring import model as ml
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-rows", type=int, default=defaults.max_train_rows)
     parser.add_argument("--date-format", default=None,
                         help="strptime format of an adapter format's dates, e.g. %%d.%%m.%%Y "
-                        "(default: the input_files resource's, %%d-%%m-%%Y)")
+                        f"(default: {AdapterOptions.date_format.replace('%', '%%')})")
     parser.add_argument("--as-of-date", default=None, help="spend_summary: the date the summary was taken (default: its newest signup date)")
     parser.add_argument("--verbose", action="store_true", help="print the ingest run's Dagster event log")
     args = parser.parse_args(argv)
